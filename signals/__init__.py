@@ -1,0 +1,1 @@
+"""Profile signals: the catalog, the fold of events into profiles, the Redis store."""
