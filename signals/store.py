@@ -1,0 +1,310 @@
+"""Profiles in Redis: batched reads, compare-and-set writes, wake-ups.
+
+The update path, per batch of contacts (see ``docs/design.md``):
+
+1. ``load``: one round trip reads every profile and pending outbox of the
+   batch (``MGET``) plus the definitions epoch and the manual clock.
+2. The caller folds events and evaluates segments in Python.
+3. ``write``: one round trip sends one compare-and-set script per contact.
+   The script checks the stored version, writes the profile and the contact's
+   outbox together, so a change of membership is never stored without the
+   record of it that still has to reach Kafka. A version mismatch means
+   another writer (a backfill, a worker taking over after a rebalance) won:
+   the caller re-reads that contact and tries again, never overwriting newer
+   state. Wake-ups are written in the same round trip, one script call per
+   shard.
+4. ``finish``: after Kafka acknowledged the membership records, one round trip
+   clears exactly those outboxes, updates the member index sets and moves the
+   wake-ups on.
+
+Wake-ups carry the profile version that produced them (doubled, plus one once
+the outbox is clear), and ``wake_set`` applies an update only when its version
+is not older than the stored one. So a slow writer can never put back a stale
+wake-up over a newer one, and the wake-up set is never later than the truth.
+
+redis-py raises its own errors; they become ``StoreError`` here, marked
+retriable. Scripts are called by SHA without redis-py's per-pipeline
+``SCRIPT EXISTS`` round trip; after a Redis restart (``NOSCRIPT``) they are
+loaded again and the caller retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from signals.errors import StoreError
+from signals.keys import WAKE_SHARDS, ContactRef, Keys
+from signals.profile import Profile
+
+logger = logging.getLogger(__name__)
+
+_CAS = """
+local current = redis.call('GET', KEYS[1])
+local version = 0
+if current then version = tonumber(string.match(current, '^(%d+)|')) end
+if version ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[3] == '' then redis.call('DEL', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[3]) end
+return 1
+"""
+
+_CLEAR_OUTBOX = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: wake-up zset, versions hash; ARGV: triples member, version, score
+# ('' score removes the wake-up).
+_WAKE_SET = """
+local applied = 0
+for i = 1, #ARGV, 3 do
+  local member, version, score = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local stored = tonumber(redis.call('HGET', KEYS[2], member) or '-1')
+  if version >= stored then
+    if score == '' then
+      redis.call('ZREM', KEYS[1], member)
+      redis.call('HDEL', KEYS[2], member)
+    else
+      redis.call('ZADD', KEYS[1], score, member)
+      redis.call('HSET', KEYS[2], member, version)
+    end
+    applied = applied + 1
+  end
+end
+return applied
+"""
+
+_SET_CLOCK = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local wanted = tonumber(ARGV[1])
+if wanted >= current then redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1] end
+return tostring(current)
+"""
+
+
+class Loaded(NamedTuple):
+    profiles: dict[ContactRef, Profile]
+    outboxes: dict[ContactRef, bytes]
+    epoch: int
+    clock_us: int | None
+
+
+@dataclass(slots=True)
+class ContactWrite:
+    """One compare-and-set of a profile (``profile.version`` is the new one)."""
+
+    ref: ContactRef
+    profile: Profile
+    outbox: bytes
+    is_new: bool
+
+
+@dataclass(slots=True)
+class Finished:
+    """A contact whose outbox reached Kafka: what to clear and index."""
+
+    ref: ContactRef
+    version: int
+    outbox: bytes
+    wake_us: int | None
+    entered: Sequence[str]
+    exited: Sequence[str]
+
+
+def _translate(exc: Exception) -> StoreError:
+    return StoreError(f"Redis call failed: {exc.__class__.__name__}: {exc}")
+
+
+class Store:
+    """All reads and writes of profiles; one instance per worker."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._sources = {
+            "cas": _CAS,
+            "clear": _CLEAR_OUTBOX,
+            "wake": _WAKE_SET,
+            "clock": _SET_CLOCK,
+        }
+        self._sha: dict[str, str] = {}
+
+    async def load_scripts(self) -> None:
+        try:
+            for name, source in self._sources.items():
+                self._sha[name] = await self.redis.script_load(source)
+        except redis_errors.RedisError as exc:
+            raise _translate(exc) from exc
+
+    async def _execute(self, pipe: Any) -> list[Any]:
+        try:
+            result: list[Any] = await pipe.execute()
+        except redis_errors.NoScriptError as exc:
+            logger.warning("Redis lost its scripts (restart?); loading them again")
+            await self.load_scripts()
+            raise _translate(exc) from exc
+        except redis_errors.RedisError as exc:
+            raise _translate(exc) from exc
+        return result
+
+    # -- profiles ----------------------------------------------------------------
+
+    async def load(self, refs: Sequence[ContactRef]) -> Loaded:
+        """Profiles and outboxes of ``refs``, the epoch and the manual clock."""
+        keys = [self.keys.contact(r) for r in refs] + [
+            self.keys.outbox(r) for r in refs
+        ]
+        pipe = self.redis.pipeline(transaction=False)
+        if keys:
+            pipe.mget(keys)
+        pipe.get(self.keys.epoch)
+        pipe.get(self.keys.clock)
+        results = await self._execute(pipe)
+        values: list[bytes | None] = results[0] if keys else []
+        profiles: dict[ContactRef, Profile] = {}
+        outboxes: dict[ContactRef, bytes] = {}
+        for i, ref in enumerate(refs):
+            raw = values[i]
+            if raw is None:
+                profiles[ref] = Profile()
+            else:
+                head, _, body = raw.partition(b"|")
+                profiles[ref] = Profile.decode(body, int(head))
+            pending = values[len(refs) + i]
+            if pending:
+                outboxes[ref] = pending
+        epoch = int(results[-2] or 0)
+        clock = int(results[-1]) if results[-1] is not None else None
+        return Loaded(profiles, outboxes, epoch, clock)
+
+    async def write(
+        self, writes: Sequence[ContactWrite], wakeups: Iterable[tuple[ContactRef, int, int | None]]
+    ) -> set[ContactRef]:
+        """Compare-and-set every write; returns the contacts that lost a race.
+
+        ``wakeups`` are ``(ref, wake_version, instant_us or None)``; the caller
+        passes only those of writes, and ``wake_set`` ignores any whose write
+        lost (its version is older than the winner's).
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        cas = self._sha["cas"]
+        new_by_tenant: dict[str, list[str]] = defaultdict(list)
+        for w in writes:
+            body = b"%d|" % w.profile.version + w.profile.encode()
+            pipe.evalsha(
+                cas,
+                2,
+                self.keys.contact(w.ref),
+                self.keys.outbox(w.ref),
+                w.profile.version - 1,
+                body,
+                w.outbox,
+            )
+            if w.is_new:
+                new_by_tenant[w.ref.tenant_id].append(w.ref.contact_id)
+        for tenant, contacts in new_by_tenant.items():
+            pipe.sadd(self.keys.tenant_contacts(tenant), *contacts)
+        self._queue_wakeups(pipe, wakeups)
+        results = await self._execute(pipe)
+        return {w.ref for w, ok in zip(writes, results, strict=False) if not ok}
+
+    async def finish(self, done: Sequence[Finished]) -> None:
+        """Clear acknowledged outboxes, index members, move wake-ups on."""
+        if not done:
+            return
+        # Only the writer whose outbox is still the stored one indexes it: a
+        # later writer has taken these records into its own outbox and will
+        # index the final state itself, so the index never goes backwards.
+        pipe = self.redis.pipeline(transaction=False)
+        for f in done:
+            pipe.evalsha(self._sha["clear"], 1, self.keys.outbox(f.ref), f.outbox)
+        cleared = await self._execute(pipe)
+        pipe = self.redis.pipeline(transaction=False)
+        mine = [f for f, ok in zip(done, cleared, strict=True) if ok]
+        for f in mine:
+            contact = f.ref.contact_id
+            for segment_id in f.entered:
+                pipe.sadd(self.keys.members(f.ref.tenant_id, segment_id), contact)
+            for segment_id in f.exited:
+                pipe.srem(self.keys.members(f.ref.tenant_id, segment_id), contact)
+        self._queue_wakeups(pipe, ((f.ref, 2 * f.version + 1, f.wake_us) for f in mine))
+        await self._execute(pipe)
+
+    def _queue_wakeups(
+        self, pipe: Any, wakeups: Iterable[tuple[ContactRef, int, int | None]]
+    ) -> None:
+        by_shard: dict[int, list[Any]] = defaultdict(list)
+        for ref, version, instant in wakeups:
+            by_shard[self.keys.wake_shard(ref)] += [
+                ref.member,
+                version,
+                "" if instant is None else instant,
+            ]
+        for shard, args in by_shard.items():
+            pipe.evalsha(
+                self._sha["wake"],
+                2,
+                self.keys.wakeups(shard),
+                self.keys.wake_versions(shard),
+                *args,
+            )
+
+    async def due(
+        self, shard: int, now_us: int, limit: int
+    ) -> list[tuple[ContactRef, int]]:
+        """Contacts of one shard whose wake-up instant has come."""
+        try:
+            rows = await self.redis.zrangebyscore(
+                self.keys.wakeups(shard), "-inf", now_us, start=0, num=limit,
+                withscores=True,
+            )
+        except redis_errors.RedisError as exc:
+            raise _translate(exc) from exc
+        return [(ContactRef.from_member(m.decode()), int(s)) for m, s in rows]
+
+    async def pending_wakeups(self) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(WAKE_SHARDS):
+            pipe.zcard(self.keys.wakeups(shard))
+        return sum(await self._execute(pipe))
+
+    async def contact_ids(self, tenant_id: str, chunk: int) -> AsyncIterator[list[str]]:
+        """Every contact id of a tenant, in chunks (SSCAN: no long blocking)."""
+        cursor = 0
+        while True:
+            try:
+                cursor, ids = await self.redis.sscan(
+                    self.keys.tenant_contacts(tenant_id), cursor, count=chunk
+                )
+            except redis_errors.RedisError as exc:
+                raise _translate(exc) from exc
+            if ids:
+                yield [i.decode() for i in ids]
+            if cursor == 0:
+                return
+
+    async def contact_count(self, tenant_id: str) -> int:
+        return int(await self.redis.scard(self.keys.tenant_contacts(tenant_id)))
+
+    # -- manual clock ------------------------------------------------------------
+
+    async def set_clock(self, instant_us: int) -> int:
+        """Move the manual clock forward; returns the clock after the call."""
+        try:
+            value = await self.redis.evalsha(
+                self._sha["clock"], 1, self.keys.clock, instant_us
+            )
+        except redis_errors.RedisError as exc:
+            raise _translate(exc) from exc
+        return int(value)
+
+    async def get_clock(self) -> int | None:
+        value = await self.redis.get(self.keys.clock)
+        return None if value is None else int(value)

@@ -1,0 +1,257 @@
+"""The one update path: events, clock ticks and backfills all go through here.
+
+``Engine.update`` takes a set of contacts, with the events to fold into each
+(possibly none), and brings their profiles and segment memberships up to
+date:
+
+1. Load every profile of the set in one round trip.
+2. Fold the events and re-evaluate the active segments in Python, at "now".
+3. Compare-and-set every changed profile together with its outbox (the
+   membership records still to publish). Contacts that lost a race with
+   another writer are loaded and computed again; nothing is overwritten.
+4. Publish every outbox to ``segments.membership`` and wait for Kafka's
+   acknowledgement.
+5. Clear the published outboxes, index the members, move the wake-ups on.
+
+A crash after 3 leaves the outbox in Redis and the contact's wake-up due at
+once, so whoever touches the contact next (the redelivered event, or the
+clock sweep) publishes it again with the same event ids. The caller commits
+Kafka offsets only after ``update`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from schemas.events import Event
+from segments.membership import (
+    Change,
+    Reason,
+    decode_outbox,
+    encode_outbox,
+    evaluate,
+    next_wake,
+    record,
+)
+from segments.registry import RegistryCache, Segment
+from signals.errors import StoreError
+from signals.keys import ContactRef
+from signals.store import ContactWrite, Finished, Store
+from signals.windows import local_date_us
+
+logger = logging.getLogger(__name__)
+
+#: How often a contact that keeps losing compare-and-set races is retried
+#: within one update before the whole batch is retried from the caller.
+MAX_ATTEMPTS = 8
+
+
+class MembershipSink(Protocol):
+    async def publish_membership(self, records: Sequence[dict[str, Any]]) -> None: ...
+
+
+class Clock:
+    """"Now" for the whole worker: the system clock, or the shared test clock.
+
+    With ``manual=True`` the instant set through ``POST /v1/admin/clock`` is
+    kept in Redis, so every worker of the group sees the same "now"; until it
+    is first set, the system clock serves.
+    """
+
+    def __init__(self, *, manual: bool) -> None:
+        self.manual = manual
+        self.manual_us: int | None = None
+
+    def observe(self, stored_us: int | None) -> None:
+        if self.manual and stored_us is not None:
+            self.manual_us = stored_us
+
+    def now_us(self) -> int:
+        if self.manual and self.manual_us is not None:
+            return self.manual_us
+        return time.time_ns() // 1000
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one ``update`` did, for metrics and logs."""
+
+    applied: int = 0
+    duplicates: int = 0
+    touched: int = 0
+    written: int = 0
+    conflicts: int = 0
+    changes: list[Change] = field(default_factory=list)
+    published: int = 0
+
+
+@dataclass(slots=True)
+class _Staged:
+    version: int
+    outbox: list[dict[str, Any]]
+    raw_outbox: bytes
+    wake_us: int | None
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        cache: RegistryCache,
+        sink: MembershipSink,
+        clock: Clock,
+        *,
+        dedup_horizon_us: int,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.sink = sink
+        self.clock = clock
+        self.dedup_horizon_us = dedup_horizon_us
+
+    async def now_us(self) -> int:
+        """Current "now", refreshing the shared manual clock first."""
+        if self.clock.manual:
+            self.clock.observe(await self.store.get_clock())
+        return self.clock.now_us()
+
+    async def update(
+        self,
+        work: Mapping[ContactRef, Sequence[Event]],
+        *,
+        reason: Reason,
+        only: Segment | None = None,
+        drop: Segment | None = None,
+    ) -> Outcome:
+        """Bring the contacts of ``work`` up to date; see the module docstring.
+
+        ``only`` restricts evaluation to one segment (a backfill); ``drop``
+        ends one segment's memberships (a deletion).
+        """
+        outcome = Outcome()
+        staged: dict[ContactRef, _Staged] = {}
+        pending = list(work)
+        for _attempt in range(MAX_ATTEMPTS):
+            # 1. One read for the whole set, plus the epoch and the clock.
+            loaded = await self.store.load(pending)
+            await self.cache.refresh(loaded.epoch)
+            self.clock.observe(loaded.clock_us)
+            now = self.clock.now_us()
+
+            # 2. Fold and evaluate, in memory.
+            writes: list[ContactWrite] = []
+            wakeups: list[tuple[ContactRef, int, int | None]] = []
+            attempt_changes: dict[ContactRef, list[Change]] = {}
+            for ref in pending:
+                profile = loaded.profiles[ref]
+                stored_version = profile.version
+                tenant = self.cache.tenant(ref.tenant_id)
+                tz = tenant.tz
+                changed = False
+                caused_by: str | None = None
+                for event in work[ref]:
+                    if profile.apply(event, tz, now, self.dedup_horizon_us):
+                        changed = True
+                        caused_by = event.event_id
+                        outcome.applied += 1
+                    else:
+                        outcome.duplicates += 1
+                pending_outbox = decode_outbox(loaded.outboxes.get(ref, b""))
+                if stored_version == 0 and not changed:
+                    continue  # no such contact (yet): nothing to evaluate
+                outcome.touched += 1
+
+                view = profile.view(ref.tenant_id, ref.contact_id, tz)
+                today = local_date_us(now, tz)
+                at = now
+                if reason == "clock" and profile.next_wake_us is not None:
+                    at = min(profile.next_wake_us, now)
+                changes: list[Change] = []
+                membership_before = len(profile.membership)
+                if drop is not None:
+                    gone = record(
+                        profile, ref, drop, False, reason=reason, at_us=at,
+                        caused_by=None,
+                    )
+                    changes += [gone] if gone else []
+                    profile.membership.pop(drop.id, None)
+                segments = (only,) if only is not None else tenant.active
+                changes += evaluate(
+                    profile, view, segments, today, tz, reason=reason, at_us=at,
+                    caused_by=caused_by,
+                )
+                wake = next_wake(view, tenant.active, today, tz)
+                outbox = pending_outbox + [c.payload() for c in changes]
+                needs_write = (
+                    changed
+                    or bool(changes)
+                    or wake != profile.next_wake_us
+                    or len(profile.membership) != membership_before
+                )
+                if needs_write:
+                    profile.next_wake_us = wake
+                    profile.version = stored_version + 1
+                    raw = encode_outbox(outbox)
+                    writes.append(
+                        ContactWrite(ref, profile, raw, is_new=stored_version == 0)
+                    )
+                    # Due at once while the outbox waits for Kafka (see above).
+                    wake_version = 2 * profile.version + (0 if outbox else 1)
+                    wakeups.append((ref, wake_version, now if outbox else wake))
+                    attempt_changes[ref] = changes
+                else:
+                    raw = loaded.outboxes.get(ref, b"")
+                if outbox:
+                    staged[ref] = _Staged(profile.version, outbox, raw, wake)
+
+            # 3. Compare-and-set; the losers go round again with fresh state.
+            conflicts = await self.store.write(writes, wakeups)
+            outcome.written += len(writes) - len(conflicts)
+            outcome.conflicts += len(conflicts)
+            for ref, changes in attempt_changes.items():
+                if ref not in conflicts:
+                    outcome.changes += changes
+            for ref in conflicts:
+                staged.pop(ref, None)
+            if not conflicts:
+                break
+            logger.debug("%d contacts lost a write race; retrying", len(conflicts))
+            pending = list(conflicts)
+            work = {ref: work[ref] for ref in pending}
+        else:
+            raise StoreError(
+                f"{len(pending)} contacts kept losing write races; batch retried"
+            )
+
+        # 4. Publish and wait for Kafka, then 5. clear and index.
+        await self._publish_and_finish(staged, outcome)
+        return outcome
+
+    async def _publish_and_finish(
+        self, staged: Mapping[ContactRef, _Staged], outcome: Outcome
+    ) -> None:
+        records = [item for s in staged.values() for item in s.outbox]
+        if records:
+            await self.sink.publish_membership(records)
+            outcome.published = len(records)
+        finished = []
+        for ref, s in staged.items():
+            last: dict[str, str] = {}
+            for item in s.outbox:
+                last[item["segment_id"]] = item["change"]
+            finished.append(
+                Finished(
+                    ref=ref,
+                    version=s.version,
+                    outbox=s.raw_outbox,
+                    wake_us=s.wake_us,
+                    entered=[k for k, v in last.items() if v == "entered"],
+                    exited=[k for k, v in last.items() if v == "exited"],
+                )
+            )
+        await self.store.finish(finished)
+

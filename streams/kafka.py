@@ -1,0 +1,112 @@
+"""Kafka at the edges: topic names, the producer, topic creation.
+
+Everything this project sends goes through ``Publisher``: membership changes
+and dead letters. It is an idempotent producer with ``acks=all``, and each
+``publish_*`` call returns only when Kafka has acknowledged every record, so
+the caller can then commit the input offsets or clear an outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from signals.errors import ProfileStreamError
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+INPUT_TOPICS = (
+    "engagement.messages",
+    "engagement.reads",
+    "engagement.clicks",
+    "engagement.calls",
+    "engagement.campaigns",
+    "contacts.updates",
+)
+DEADLETTER_TOPIC = "engagement.deadletter"
+MEMBERSHIP_TOPIC = "segments.membership"
+
+
+class KafkaUnavailableError(ProfileStreamError):
+    retriable = True
+
+
+def input_topics(settings: Settings) -> list[str]:
+    return [settings.topic(t) for t in INPUT_TOPICS]
+
+
+async def ensure_topics(settings: Settings, partitions: int = 4) -> None:
+    """Create the project's topics that do not exist yet (idempotent)."""
+    names = [*input_topics(settings), settings.topic(DEADLETTER_TOPIC)]
+    names.append(settings.topic(MEMBERSHIP_TOPIC))
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(n, partitions, 1) for n in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass
+            logger.info("Created topics %s", ", ".join(missing))
+    finally:
+        await admin.close()
+
+
+class Publisher:
+    """The worker's one producer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.membership_topic = settings.topic(MEMBERSHIP_TOPIC)
+        self.deadletter_topic = settings.topic(DEADLETTER_TOPIC)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            max_batch_size=256 * 1024,
+        )
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def _send_all(
+        self, topic: str, items: Sequence[tuple[bytes | None, bytes, list[Any]]]
+    ) -> None:
+        try:
+            futures = [
+                await self._producer.send(topic, value, key=key, headers=headers)
+                for key, value, headers in items
+            ]
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise KafkaUnavailableError(f"publishing to {topic} failed: {exc}") from exc
+
+    async def publish_membership(self, records: Sequence[dict[str, Any]]) -> None:
+        await self._send_all(
+            self.membership_topic,
+            [
+                (f"{r['tenant_id']}:{r['contact_id']}".encode(), orjson.dumps(r), [])
+                for r in records
+            ],
+        )
+
+    async def publish_deadletters(
+        self, letters: Sequence[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+    ) -> None:
+        await self._send_all(self.deadletter_topic, letters)

@@ -1,0 +1,85 @@
+"""Every setting of a worker, read from the environment in one place.
+
+Names are the environment variables (case-insensitive). ``docs/operations.md``
+carries the reference generated from this class (``profilestream config``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ClockMode(StrEnum):
+    SYSTEM = "system"
+    MANUAL = "manual"
+
+
+class Settings(BaseSettings):
+    """Worker configuration. Every field maps to an environment variable."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated."
+    )
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        description="Redis URL; may carry a password, so it is never logged.",
+    )
+    topic_prefix: str = Field(
+        "", description="Put in front of every topic name, input and output."
+    )
+    consumer_group: str = Field(
+        "profilestream", description="Kafka consumer group of the workers."
+    )
+    redis_prefix: str = Field(
+        "ps", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Redis key namespace."
+    )
+    http_host: str = Field("0.0.0.0", description="Address the HTTP API binds.")
+    http_port: int = Field(6066, ge=0, le=65535, description="HTTP API port.")
+    api_tokens: Annotated[dict[str, list[str]], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            'Tenant tokens as JSON: {"<token>": ["tenant-a", "tenant-b"]}.'
+        ),
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Token that acts on every tenant and on /v1/admin."
+    )
+    clock: ClockMode = Field(
+        ClockMode.SYSTEM,
+        description="`manual` enables POST /v1/admin/clock (tests and demos).",
+    )
+    max_clock_skew_seconds: float = Field(
+        300, ge=0, description="Events further in the future are dead letters."
+    )
+    dedup_horizon_hours: float = Field(
+        24, gt=0, description="How long an event_id is remembered per contact."
+    )
+    default_segment_limit: int = Field(
+        10, ge=0, description="Segments a tenant may hold unless set per tenant."
+    )
+    batch_max_records: int = Field(
+        2000, ge=1, description="Most records the ingest loop takes per batch."
+    )
+    clock_tick_seconds: float = Field(
+        0.5, gt=0, description="How often due time-driven changes are looked for."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+    log_json: bool = Field(False, description="One JSON object per log line.")
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _parse_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            import orjson
+
+            return orjson.loads(value) if value.strip() else {}
+        return value
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
