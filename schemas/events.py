@@ -32,7 +32,7 @@ _RFC3339 = re.compile(
 )
 
 
-def _rfc3339(value: Any) -> datetime:
+def parse_rfc3339(value: Any) -> datetime:
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 string")
     if not _RFC3339.match(value):
@@ -49,7 +49,7 @@ def _rfc3339(value: Any) -> datetime:
     return datetime.fromisoformat(text)
 
 
-Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
+Timestamp = Annotated[datetime, BeforeValidator(parse_rfc3339)]
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 TenantId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 

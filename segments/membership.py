@@ -115,7 +115,12 @@ def evaluate(
     for segment in segments:
         member = segment.compiled.matches(view, today, tz)
         change = record(
-            profile, ref, segment, member, reason=reason, at_us=at_us,
+            profile,
+            ref,
+            segment,
+            member,
+            reason=reason,
+            at_us=at_us,
             caused_by=caused_by,
         )
         if change is not None:

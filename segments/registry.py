@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from segments.errors import SegmentError
 from segments.evaluate import CompiledRule, compile_rule
 from segments.rules import Rule, SegmentSpec, parse_rule
-from signals.keys import Keys
+from signals.keys import Keys, text
 from signals.windows import zone
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class Registry:
         )
 
     async def tenants(self) -> list[str]:
-        return sorted(m.decode() for m in await self.redis.smembers(self.keys.tenants))
+        return sorted(text(m) for m in await self.redis.smembers(self.keys.tenants))
 
     async def put_tenant(
         self,
@@ -172,14 +172,16 @@ class Registry:
         """Set the fields given; the others keep their value."""
         if timezone is not None:
             zone(timezone)
-        fields: dict[str, str | int] = {}
-        if timezone is not None:
-            fields["timezone"] = timezone
-        if segment_limit is not None:
-            fields["segment_limit"] = segment_limit
+        fields: list[str] = []
         pipe = self.redis.pipeline(transaction=True)
-        if fields:
-            pipe.hset(self.keys.tenant_config(tenant_id), mapping=fields)
+        if timezone is not None:
+            fields.append("timezone")
+            pipe.hset(self.keys.tenant_config(tenant_id), "timezone", timezone)
+        if segment_limit is not None:
+            fields.append("segment_limit")
+            pipe.hset(
+                self.keys.tenant_config(tenant_id), "segment_limit", segment_limit
+            )
         pipe.sadd(self.keys.tenants, tenant_id)
         pipe.incr(self.keys.epoch)
         await pipe.execute()
@@ -265,7 +267,9 @@ class Registry:
         )
         await self.save(new)
         logger.info(
-            "Segment %s of tenant %s edited (version %d)", segment_id, tenant_id,
+            "Segment %s of tenant %s edited (version %d)",
+            segment_id,
+            tenant_id,
             new.version,
         )
         return new
@@ -291,10 +295,14 @@ class RegistryCache:
     async def refresh(self, epoch: int) -> None:
         if epoch == self.epoch:
             return
-        tenants = {t: await self.registry.tenant(t) for t in await self.registry.tenants()}
+        tenants = {
+            t: await self.registry.tenant(t) for t in await self.registry.tenants()
+        }
         self._tenants = tenants
         self.epoch = epoch
-        logger.debug("Definitions reloaded at epoch %d (%d tenants)", epoch, len(tenants))
+        logger.debug(
+            "Definitions reloaded at epoch %d (%d tenants)", epoch, len(tenants)
+        )
 
     def tenant(self, tenant_id: str) -> Tenant:
         return self._tenants.get(tenant_id) or Tenant(id=tenant_id)

@@ -40,6 +40,11 @@ from typing import NamedTuple
 WAKE_SHARDS = 16
 
 
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (the client returns bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class ContactRef(NamedTuple):
     tenant_id: str
     contact_id: str

@@ -40,7 +40,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from signals.errors import StoreError
-from signals.keys import WAKE_SHARDS, ContactRef, Keys
+from signals.keys import WAKE_SHARDS, ContactRef, Keys, text
 from signals.profile import Profile
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ local version = 0
 if current then version = tonumber(string.match(current, '^(%d+)|')) end
 if version ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
-if ARGV[3] == '' then redis.call('DEL', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[3]) end
+if ARGV[3] == '' then redis.call('DEL', KEYS[2])
+else redis.call('SET', KEYS[2], ARGV[3]) end
 return 1
 """
 
@@ -185,7 +186,9 @@ class Store:
         return Loaded(profiles, outboxes, epoch, clock)
 
     async def write(
-        self, writes: Sequence[ContactWrite], wakeups: Iterable[tuple[ContactRef, int, int | None]]
+        self,
+        writes: Sequence[ContactWrite],
+        wakeups: Iterable[tuple[ContactRef, int, int | None]],
     ) -> set[ContactRef]:
         """Compare-and-set every write; returns the contacts that lost a race.
 
@@ -262,12 +265,20 @@ class Store:
         """Contacts of one shard whose wake-up instant has come."""
         try:
             rows = await self.redis.zrangebyscore(
-                self.keys.wakeups(shard), "-inf", now_us, start=0, num=limit,
+                self.keys.wakeups(shard),
+                "-inf",
+                now_us,
+                start=0,
+                num=limit,
                 withscores=True,
             )
         except redis_errors.RedisError as exc:
             raise _translate(exc) from exc
-        return [(ContactRef.from_member(m.decode()), int(s)) for m, s in rows]
+        return [
+            (ContactRef.from_member(text(row[0])), int(row[1]))
+            for row in rows
+            if isinstance(row, tuple | list)
+        ]
 
     async def pending_wakeups(self) -> int:
         pipe = self.redis.pipeline(transaction=False)
@@ -286,7 +297,7 @@ class Store:
             except redis_errors.RedisError as exc:
                 raise _translate(exc) from exc
             if ids:
-                yield [i.decode() for i in ids]
+                yield [text(i) for i in ids]
             if cursor == 0:
                 return
 

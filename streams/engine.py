@@ -55,7 +55,7 @@ class MembershipSink(Protocol):
 
 
 class Clock:
-    """"Now" for the whole worker: the system clock, or the shared test clock.
+    """ "Now" for the whole worker: the system clock, or the shared test clock.
 
     With ``manual=True`` the instant set through ``POST /v1/admin/clock`` is
     kept in Redis, so every worker of the group sees the same "now"; until it
@@ -162,6 +162,8 @@ class Engine:
                         outcome.duplicates += 1
                 pending_outbox = decode_outbox(loaded.outboxes.get(ref, b""))
                 if stored_version == 0 and not changed:
+                    if reason == "clock":
+                        wakeups.append((ref, 1, None))  # a wake-up without a contact
                     continue  # no such contact (yet): nothing to evaluate
                 outcome.touched += 1
 
@@ -174,14 +176,25 @@ class Engine:
                 membership_before = len(profile.membership)
                 if drop is not None:
                     gone = record(
-                        profile, ref, drop, False, reason=reason, at_us=at,
+                        profile,
+                        ref,
+                        drop,
+                        False,
+                        reason=reason,
+                        at_us=at,
                         caused_by=None,
                     )
                     changes += [gone] if gone else []
                     profile.membership.pop(drop.id, None)
                 segments = (only,) if only is not None else tenant.active
                 changes += evaluate(
-                    profile, view, segments, today, tz, reason=reason, at_us=at,
+                    profile,
+                    view,
+                    segments,
+                    today,
+                    tz,
+                    reason=reason,
+                    at_us=at,
                     caused_by=caused_by,
                 )
                 wake = next_wake(view, tenant.active, today, tz)
@@ -205,6 +218,9 @@ class Engine:
                     attempt_changes[ref] = changes
                 else:
                     raw = loaded.outboxes.get(ref, b"")
+                    if reason == "clock" and not outbox:
+                        # A sweep consumed this wake-up: file the true next one.
+                        wakeups.append((ref, 2 * stored_version + 1, wake))
                 if outbox:
                     staged[ref] = _Staged(profile.version, outbox, raw, wake)
 
@@ -254,4 +270,3 @@ class Engine:
                 )
             )
         await self.store.finish(finished)
-

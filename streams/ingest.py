@@ -32,7 +32,6 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +120,23 @@ class Ingest:
         self.batch_lock = asyncio.Lock()
         self.assigned: set[TopicPartition] = set()
         self.skew_us = int(settings.max_clock_skew_seconds * US)
-        self.consumer = AIOKafkaConsumer(
+        self._consumer: AIOKafkaConsumer | None = None
+        self._stopping = False
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("Ingest.start() was not awaited")
+        return self._consumer
+
+    @property
+    def running(self) -> bool:
+        return self._consumer is not None and not self._stopping
+
+    async def start(self) -> None:
+        settings = self.settings
+        # aiokafka binds its clients to the running loop: create them here.
+        self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.consumer_group,
             enable_auto_commit=False,
@@ -130,19 +145,18 @@ class Ingest:
             max_partition_fetch_bytes=4 * 1024 * 1024,
             partition_assignment_strategy=(RangePartitionAssignor,),
         )
-        self._stopping = False
-
-    async def start(self) -> None:
         topics = input_topics(self.settings)
         self.consumer.subscribe(topics, listener=_Rebalance(self))
         await self.consumer.start()
-        logger.info("Consuming %s as group %s", ", ".join(topics),
-                    self.settings.consumer_group)
+        logger.info(
+            "Consuming %s as group %s", ", ".join(topics), self.settings.consumer_group
+        )
 
     async def stop(self) -> None:
         self._stopping = True
         async with self.batch_lock:
-            await self.consumer.stop()
+            if self._consumer is not None:
+                await self._consumer.stop()
 
     async def run(self) -> None:
         while not self._stopping:
@@ -176,20 +190,36 @@ class Ingest:
                     event = self._validate(rec.value, now)
                 except InvalidEventError as exc:
                     letters.append(
-                        DeadLetter(rec.key, rec.value or b"", tp.topic, tp.partition,
-                                   rec.offset, exc.reason, exc.kind)
+                        DeadLetter(
+                            rec.key,
+                            rec.value or b"",
+                            tp.topic,
+                            tp.partition,
+                            rec.offset,
+                            exc.reason,
+                            exc.kind,
+                        )
                     )
                     continue
                 ref = ContactRef(event.tenant_id, event.contact_id)
                 work[ref].append(event)
                 origins[ref].append(
-                    DeadLetter(rec.key, rec.value, tp.topic, tp.partition, rec.offset,
-                               "", "processing")
+                    DeadLetter(
+                        rec.key,
+                        rec.value,
+                        tp.topic,
+                        tp.partition,
+                        rec.offset,
+                        "",
+                        "processing",
+                    )
                 )
         if letters:
             await self.retry.call(
                 "publishing dead letters",
-                lambda: self.publisher.publish_deadletters([d.record() for d in letters]),
+                lambda: self.publisher.publish_deadletters(
+                    [d.record() for d in letters]
+                ),
             )
             stats.dead_letters = len(letters)
             logger.debug("%d records dead-lettered", len(letters))
@@ -198,7 +228,8 @@ class Ingest:
         if work:
             stats.outcome = await self._apply(work, origins)
         logger.debug(
-            "Batch of %d records in %.1f ms", stats.records,
+            "Batch of %d records in %.1f ms",
+            stats.records,
             (time.perf_counter() - started) * 1000,
         )
         return stats
@@ -256,7 +287,9 @@ class Ingest:
         return outcome
 
     async def _commit(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
+        offsets = {
+            tp: records[-1].offset + 1 for tp, records in batch.items() if records
+        }
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:

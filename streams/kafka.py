@@ -9,6 +9,7 @@ the caller can then commit the input offsets or clear an outbox.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -53,12 +54,8 @@ async def ensure_topics(settings: Settings, partitions: int = 4) -> None:
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
-            try:
-                await admin.create_topics(
-                    [NewTopic(n, partitions, 1) for n in missing]
-                )
-            except TopicAlreadyExistsError:
-                pass
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(n, partitions, 1) for n in missing])
             logger.info("Created topics %s", ", ".join(missing))
     finally:
         await admin.close()
@@ -71,26 +68,35 @@ class Publisher:
         self.settings = settings
         self.membership_topic = settings.topic(MEMBERSHIP_TOPIC)
         self.deadletter_topic = settings.topic(DEADLETTER_TOPIC)
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        # aiokafka binds its clients to the running loop: create them here.
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            bootstrap_servers=self.settings.kafka_bootstrap,
             acks="all",
             enable_idempotence=True,
             linger_ms=2,
             max_batch_size=256 * 1024,
         )
-
-    async def start(self) -> None:
         await self._producer.start()
 
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("Publisher.start() was not awaited")
+        return self._producer
+
     async def stop(self) -> None:
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
 
     async def _send_all(
         self, topic: str, items: Sequence[tuple[bytes | None, bytes, list[Any]]]
     ) -> None:
         try:
             futures = [
-                await self._producer.send(topic, value, key=key, headers=headers)
+                await self.producer.send(topic, value, key=key, headers=headers)
                 for key, value, headers in items
             ]
             await asyncio.gather(*futures)

@@ -38,8 +38,8 @@ class RetryPolicy:
     max_attempts: int | None = None
 
     def delay(self, attempt: int) -> float:
-        base = min(self.max_seconds, self.initial_seconds * 2**attempt)
-        return base * (0.5 + random.random() / 2)  # noqa: S311 - jitter only
+        base = min(self.max_seconds, self.initial_seconds * float(2**attempt))
+        return base * (0.5 + random.random() / 2)
 
     async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         attempt = 0

@@ -43,9 +43,7 @@ class Settings(BaseSettings):
     http_port: int = Field(6066, ge=0, le=65535, description="HTTP API port.")
     api_tokens: Annotated[dict[str, list[str]], NoDecode] = Field(
         default_factory=dict,
-        description=(
-            'Tenant tokens as JSON: {"<token>": ["tenant-a", "tenant-b"]}.'
-        ),
+        description=('Tenant tokens as JSON: {"<token>": ["tenant-a", "tenant-b"]}.'),
     )
     admin_token: SecretStr | None = Field(
         None, description="Token that acts on every tenant and on /v1/admin."

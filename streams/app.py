@@ -1,0 +1,157 @@
+"""The worker: a faust application that hosts the ingest loop and the API.
+
+Faust provides the process: service lifecycle and signals, the worker command,
+leader election among the workers of a group, and the leader-only timer that
+sweeps time-driven membership changes. ``WorkerService`` owns the resources
+(Redis, the producer, the batched consumer in ``streams.ingest``, the aiohttp
+server of ``streams.http``) and starts and stops them in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+import mode
+from aiohttp import web
+from redis.asyncio import Redis
+
+from segments.registry import Registry, RegistryCache
+from signals.keys import Keys
+from signals.store import Store
+from signals.windows import US
+from streams.clock import ClockSweeper
+from streams.engine import Clock, Engine
+from streams.http import Api
+from streams.ingest import Ingest
+from streams.kafka import Publisher, ensure_topics
+from streams.logs import configure as configure_logging
+from streams.operations import SegmentOperations
+from streams.retry import RetryPolicy
+from streams.settings import ClockMode, Settings
+
+logger = logging.getLogger(__name__)
+
+
+class Components:
+    """Everything a worker is made of, wired once from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.retry = RetryPolicy()
+        self.redis = Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=15,
+        )
+        self.keys = Keys(settings.redis_prefix)
+        self.store = Store(self.redis, self.keys)
+        self.registry = Registry(self.redis, self.keys, settings.default_segment_limit)
+        self.cache = RegistryCache(self.registry)
+        self.publisher = Publisher(settings)
+        self.clock = Clock(manual=settings.clock is ClockMode.MANUAL)
+        self.engine = Engine(
+            self.store,
+            self.cache,
+            self.publisher,
+            self.clock,
+            dedup_horizon_us=int(settings.dedup_horizon_hours * 3600 * US),
+        )
+        self.ingest = Ingest(settings, self.engine, self.publisher, self.retry)
+        self.sweeper = ClockSweeper(self.engine, self.store)
+        self.ops = SegmentOperations(self.registry, self.store, self.engine)
+        self.api = Api(settings, self.ops)
+        self.api.ready = self.readiness
+
+    async def readiness(self) -> dict[str, bool]:
+        try:
+            redis_ok = bool(await self.redis.ping())
+        except Exception:
+            redis_ok = False
+        return {
+            "redis": redis_ok,
+            "kafka": self.ingest.running,
+            "partitions_assigned": bool(self.ingest.assigned),
+        }
+
+
+class WorkerService(mode.Service):
+    """Starts the parts of a worker in dependency order, stops them in reverse."""
+
+    components: Components
+
+    async def on_start(self) -> None:
+        c = self.components
+        settings = c.settings
+        # mode sets logging up when the worker starts; ours goes on top.
+        configure_logging(settings.log_level, settings.log_json)
+        await c.retry.call("loading Redis scripts", c.store.load_scripts)
+        await c.retry.call("creating topics", lambda: ensure_topics(settings))
+        await c.publisher.start()
+        await c.ingest.start()
+        self._runner = web.AppRunner(c.api.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, settings.http_host, settings.http_port)
+        await site.start()
+        logger.info(
+            "Worker started: HTTP on %s:%d, clock %s, topic prefix %r",
+            settings.http_host,
+            settings.http_port,
+            settings.clock.value,
+            settings.topic_prefix,
+        )
+        self.add_future(self._consume())
+
+    async def _consume(self) -> None:
+        try:
+            await self.components.ingest.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("The ingest loop stopped; shutting the worker down")
+            self._crash_later()
+
+    def _crash_later(self) -> None:
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.stop()))
+
+    async def on_stop(self) -> None:
+        c = self.components
+        await c.ingest.stop()
+        await self._runner.cleanup()
+        await c.publisher.stop()
+        await c.redis.aclose()
+        logger.info("Worker stopped")
+
+
+def create_app(settings: Settings | None = None) -> tuple[Any, Components]:
+    """The faust app of a worker and the components it runs."""
+    settings = settings or Settings()
+    components = Components(settings)
+    app = faust.App(
+        f"{settings.consumer_group}-control",
+        broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
+        web_enabled=False,
+        topic_disable_leader=False,
+        topic_replication_factor=1,
+        store="memory://",
+    )
+
+    class _Service(WorkerService):
+        pass
+
+    _Service.components = components
+    app.service(_Service)
+
+    @app.timer(interval=settings.clock_tick_seconds, on_leader=True)  # type: ignore[untyped-decorator]
+    async def sweep_clock() -> None:
+        try:
+            await components.sweeper.sweep()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("Clock sweep failed, will retry: %s", exc)
+
+    return app, components

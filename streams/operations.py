@@ -1,0 +1,333 @@
+"""Segment operations over a tenant's contacts: what the API and the CLI call.
+
+Creating or editing an active segment backfills it: every contact of the
+tenant goes through the engine's update path with reason ``definition``,
+restricted to that segment, so only contacts whose answer differs from their
+recorded one produce a change (for an edit, exactly the difference between
+the old and the new membership). A static segment is evaluated once, its
+members stored in their own set and published with reason ``snapshot``; its
+contacts' profiles never record it, so nothing they do later can move it.
+
+Preview, backfill and snapshot read contacts in chunks and evaluate them with
+the same compiled rule the live path uses, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from segments.evaluate import compile_rule
+from segments.membership import Change
+from segments.registry import Registry, Segment, SegmentNotFoundError
+from segments.rules import Rule, SegmentSpec
+from signals.keys import ContactRef, text
+from signals.store import Store
+from signals.windows import local_date_us, rfc3339
+from streams.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+#: Contacts read per round trip when walking a whole tenant.
+CHUNK = 2000
+#: Seconds between progress lines of a long walk.
+PROGRESS_EVERY = 5.0
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(slots=True)
+class WalkReport:
+    """What one walk over a tenant's contacts did."""
+
+    contacts: int = 0
+    entered: int = 0
+    exited: int = 0
+    seconds: float = 0.0
+    sample: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "contacts": self.contacts,
+            "entered": self.entered,
+            "exited": self.exited,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _count(report: WalkReport, changes: list[Change]) -> None:
+    for change in changes:
+        if change.change == "entered":
+            report.entered += 1
+        else:
+            report.exited += 1
+
+
+class SegmentOperations:
+    def __init__(self, registry: Registry, store: Store, engine: Engine) -> None:
+        self.registry = registry
+        self.store = store
+        self.engine = engine
+
+    async def _walk(
+        self,
+        tenant_id: str,
+        what: str,
+        step: Callable[[list[ContactRef]], Any],
+        progress: Progress | None,
+    ) -> WalkReport:
+        report = WalkReport()
+        started = last_log = time.perf_counter()
+        total = await self.store.contact_count(tenant_id)
+        async for ids in self.store.contact_ids(tenant_id, CHUNK):
+            refs = [ContactRef(tenant_id, c) for c in ids]
+            await step(refs)
+            report.contacts += len(refs)
+            if progress is not None:
+                progress(report.contacts, total)
+            if time.perf_counter() - last_log > PROGRESS_EVERY:
+                last_log = time.perf_counter()
+                logger.info("%s: %d of %d contacts", what, report.contacts, total)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    # -- active segments ---------------------------------------------------------
+
+    async def backfill(
+        self, segment: Segment, progress: Progress | None = None
+    ) -> WalkReport:
+        report = WalkReport()
+
+        async def step(refs: list[ContactRef]) -> None:
+            outcome = await self.engine.update(
+                {r: [] for r in refs}, reason="definition", only=segment
+            )
+            _count(report, outcome.changes)
+
+        walked = await self._walk(
+            segment.tenant_id, f"Backfill of {segment.id}", step, progress
+        )
+        report.contacts, report.seconds = walked.contacts, walked.seconds
+        logger.info(
+            "Segment %s v%d backfilled: %d contacts, %d entered, %d exited, %.2f s",
+            segment.id,
+            segment.version,
+            report.contacts,
+            report.entered,
+            report.exited,
+            report.seconds,
+        )
+        return report
+
+    # -- static segments ---------------------------------------------------------
+
+    async def snapshot(
+        self, segment: Segment, progress: Progress | None = None
+    ) -> tuple[Segment, WalkReport]:
+        now = await self.engine.now_us()
+        tenant = self.engine.cache.tenant(segment.tenant_id)
+        await self.engine.cache.refresh(await self.registry.epoch())
+        tenant = self.engine.cache.tenant(segment.tenant_id)
+        tz = tenant.tz
+        today = local_date_us(now, tz)
+        members_key = self.store.keys.members(segment.tenant_id, segment.id)
+        report = WalkReport()
+
+        async def step(refs: list[ContactRef]) -> None:
+            loaded = await self.store.load(refs)
+            members = [
+                r
+                for r in refs
+                if segment.compiled.matches(
+                    loaded.profiles[r].view(r.tenant_id, r.contact_id, tz), today, tz
+                )
+            ]
+            if not members:
+                return
+            await self.store.redis.sadd(members_key, *[r.contact_id for r in members])
+            await self.engine.sink.publish_membership(
+                [
+                    Change(
+                        r,
+                        segment.id,
+                        segment.version,
+                        "entered",
+                        "snapshot",
+                        now,
+                        None,
+                        1,
+                    ).payload()
+                    for r in members
+                ]
+            )
+            report.entered += len(members)
+
+        walked = await self._walk(
+            segment.tenant_id, f"Snapshot of {segment.id}", step, progress
+        )
+        report.contacts, report.seconds = walked.contacts, walked.seconds
+        stamped = Segment(
+            id=segment.id,
+            tenant_id=segment.tenant_id,
+            name=segment.name,
+            kind=segment.kind,
+            rule=segment.rule,
+            version=segment.version,
+            created_at=segment.created_at,
+            updated_at=segment.updated_at,
+            as_of=rfc3339(now),
+        )
+        await self.registry.save(stamped)
+        logger.info(
+            "Static segment %s snapshot: %d of %d contacts, %.2f s",
+            segment.id,
+            report.entered,
+            report.contacts,
+            report.seconds,
+        )
+        return stamped, report
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def create(
+        self, tenant_id: str, spec: SegmentSpec, progress: Progress | None = None
+    ) -> tuple[Segment, WalkReport]:
+        segment = await self.registry.create(tenant_id, spec)
+        if segment.kind == "static":
+            return await self.snapshot(segment, progress)
+        return segment, await self.backfill(segment, progress)
+
+    async def edit(
+        self,
+        tenant_id: str,
+        segment_id: str,
+        spec: SegmentSpec,
+        progress: Progress | None = None,
+    ) -> tuple[Segment, WalkReport]:
+        old = await self.registry.get(tenant_id, segment_id)
+        new = await self.registry.edit(tenant_id, segment_id, spec)
+        if new.kind == "active" and new.rule != old.rule:
+            return new, await self.backfill(new, progress)
+        return new, WalkReport()
+
+    async def delete(
+        self, tenant_id: str, segment_id: str, progress: Progress | None = None
+    ) -> WalkReport:
+        segment = await self.registry.delete(tenant_id, segment_id)
+        members_key = self.store.keys.members(tenant_id, segment_id)
+        if segment.kind == "static":
+            report = WalkReport()
+            now = await self.engine.now_us()
+            cursor = 0
+            while True:
+                cursor, ids = await self.store.redis.sscan(
+                    members_key, cursor, count=CHUNK
+                )
+                if ids:
+                    await self.engine.sink.publish_membership(
+                        [
+                            Change(
+                                ContactRef(tenant_id, text(i)),
+                                segment.id,
+                                segment.version,
+                                "exited",
+                                "definition",
+                                now,
+                                None,
+                                2,
+                            ).payload()
+                            for i in ids
+                        ]
+                    )
+                    report.exited += len(ids)
+                if cursor == 0:
+                    break
+            await self.store.redis.delete(members_key)
+            return report
+
+        report = WalkReport()
+
+        async def step(refs: list[ContactRef]) -> None:
+            outcome = await self.engine.update(
+                {r: [] for r in refs}, reason="definition", drop=segment
+            )
+            _count(report, outcome.changes)
+
+        walked = await self._walk(
+            tenant_id, f"Deletion of {segment_id}", step, progress
+        )
+        report.contacts, report.seconds = walked.contacts, walked.seconds
+        await self.store.redis.delete(members_key)
+        logger.info("Segment %s deleted: %d members exited", segment_id, report.exited)
+        return report
+
+    # -- reads ---------------------------------------------------------------------
+
+    async def preview(self, tenant_id: str, rule: Rule, limit: int) -> WalkReport:
+        compiled = compile_rule(rule)
+        now = await self.engine.now_us()
+        await self.engine.cache.refresh(await self.registry.epoch())
+        tz = self.engine.cache.tenant(tenant_id).tz
+        today = local_date_us(now, tz)
+        report = WalkReport()
+
+        async def step(refs: list[ContactRef]) -> None:
+            loaded = await self.store.load(refs)
+            for r in refs:
+                view = loaded.profiles[r].view(r.tenant_id, r.contact_id, tz)
+                if compiled.matches(view, today, tz):
+                    report.entered += 1
+                    if len(report.sample) < limit:
+                        report.sample.append(r.contact_id)
+
+        walked = await self._walk(tenant_id, "Preview", step, None)
+        report.contacts, report.seconds = walked.contacts, walked.seconds
+        return report
+
+    async def members(
+        self, tenant_id: str, segment_id: str, cursor: int, limit: int
+    ) -> tuple[list[str], int, int]:
+        """One page of members: ids, next cursor (0 at the end), total count.
+
+        The member set is an index maintained after publication; for an active
+        segment each page is checked against the contacts' profiles, which are
+        the source of truth, so a page never lists a contact that is not a
+        member.
+        """
+        segment = await self.registry.get(tenant_id, segment_id)
+        key = self.store.keys.members(tenant_id, segment_id)
+        next_cursor, raw = await self.store.redis.sscan(key, cursor, count=limit)
+        ids = sorted(text(i) for i in raw)
+        if segment.kind == "active" and ids:
+            loaded = await self.store.load([ContactRef(tenant_id, i) for i in ids])
+            ids = [
+                ref.contact_id
+                for ref, profile in loaded.profiles.items()
+                if (entry := profile.membership.get(segment_id)) and entry[0]
+            ]
+        count = int(await self.store.redis.scard(key))
+        return ids, int(next_cursor), count
+
+    async def segments_of(self, tenant_id: str, contact_id: str) -> list[str]:
+        """Ids of the segments a contact is in (active and static)."""
+        tenant = self.engine.cache.tenant(tenant_id)
+        ref = ContactRef(tenant_id, contact_id)
+        loaded = await self.store.load([ref])
+        profile = loaded.profiles[ref]
+        ids = [
+            sid
+            for sid, entry in profile.membership.items()
+            if entry[0] and sid in tenant.segments
+        ]
+        for segment in tenant.segments.values():
+            if segment.kind == "static" and await self.store.redis.sismember(
+                self.store.keys.members(tenant_id, segment.id), contact_id
+            ):
+                ids.append(segment.id)
+        return sorted(ids)
+
+
+__all__ = ["SegmentNotFoundError", "SegmentOperations", "WalkReport"]
