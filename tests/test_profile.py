@@ -1,0 +1,231 @@
+"""The fold of events into a profile, without services (pure logic)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.events import Event, parse_event
+from signals.profile import BUSINESS_TIMES_CAP, Profile, signals_json
+from signals.windows import to_us
+
+UTC_ZONE = ZoneInfo("UTC")
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+NOW_US = to_us(NOW)
+HORIZON_US = 24 * 3600 * 1_000_000
+
+
+def event(
+    n: int, kind: str, at: datetime, data: dict[str, object], **extra: object
+) -> Event:
+    body = {
+        "event_id": f"e{n:04d}",
+        "tenant_id": "t",
+        "contact_id": "c",
+        "type": kind,
+        "occurred_at": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "data": data,
+        **extra,
+    }
+    return parse_event(orjson.dumps(body))
+
+
+def fold(events: list[Event]) -> Profile:
+    profile = Profile()
+    for e in events:
+        profile.apply(e, UTC_ZONE, NOW_US, HORIZON_US)
+    return profile
+
+
+def read(profile: Profile) -> dict[str, object]:
+    view = profile.view("t", "c", UTC_ZONE)
+    return {**signals_json(view, NOW.date()), "attributes": dict(view.attributes)}
+
+
+KINDS = [
+    "inbound",
+    "reply",
+    "ctwa",
+    "outbound",
+    "template",
+    "campaign",
+    "read",
+    "click",
+    "call",
+    "update",
+]
+
+
+def build(n: int, kind: str, minutes_ago: int) -> Event:
+    at = NOW - timedelta(minutes=minutes_ago)
+    match kind:
+        case "inbound":
+            return event(n, "message.inbound", at, {"message_id": "m"}, channel="sms")
+        case "reply":
+            return event(
+                n,
+                "message.inbound",
+                at,
+                {"message_id": "m", "reply_to": {"campaign_id": f"c{n % 2}"}},
+            )
+        case "ctwa":
+            return event(
+                n,
+                "message.inbound",
+                at,
+                {"message_id": "m", "ctwa": {"ad_source_url": f"u{n}"}},
+            )
+        case "outbound":
+            return event(n, "message.outbound", at, {"message_id": "m"}, channel="wa")
+        case "template":
+            return event(
+                n,
+                "message.outbound",
+                at,
+                {"message_id": "m", "template": {"name": f"t{n}", "type": "x"}},
+            )
+        case "campaign":
+            return event(
+                n, "campaign.received", at, {"campaign_id": "c", "message_id": "m"}
+            )
+        case "read":
+            return event(n, "message.read", at, {"message_id": "m", "campaign_id": "c"})
+        case "click":
+            return event(n, "link.clicked", at, {"url": "u"})
+        case "call":
+            return event(
+                n, "call", at, {"direction": "inbound", "answered": n % 2 == 0}
+            )
+        case _:
+            return event(
+                n,
+                "contact.updated",
+                at,
+                {
+                    "attributes": {"a": n, f"k{n % 3}": None if n % 4 else n},
+                    "source": f"s{n}",
+                },
+            )
+
+
+histories = st.lists(
+    st.tuples(st.sampled_from(KINDS), st.integers(0, 60 * 24 * 120)),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(history=histories, seed=st.randoms())
+def test_any_arrival_order_gives_the_same_signals(
+    history: list[tuple[str, int]], seed: object
+) -> None:
+    events = [build(i, kind, ago) for i, (kind, ago) in enumerate(history)]
+    shuffled = list(events)
+    seed.shuffle(shuffled)  # type: ignore[attr-defined]
+    assert read(fold(events)) == read(fold(shuffled))
+
+
+@settings(max_examples=80, deadline=None)
+@given(history=histories)
+def test_replaying_every_event_changes_nothing(history: list[tuple[str, int]]) -> None:
+    events = [build(i, kind, ago) for i, (kind, ago) in enumerate(history)]
+    once = fold(events)
+    twice = fold(events + events)
+    assert read(once) == read(twice)
+    assert not any(once.apply(e, UTC_ZONE, NOW_US, HORIZON_US) for e in events)
+
+
+def test_ties_on_time_go_to_the_greater_event_id() -> None:
+    at = NOW - timedelta(hours=1)
+    a = event(1, "contact.updated", at, {"source": "first"})
+    b = event(2, "contact.updated", at, {"source": "second"})
+    assert read(fold([a, b]))["contact_source"] == "second"
+    assert read(fold([b, a]))["contact_source"] == "second"
+
+
+def test_null_removes_an_attribute_only_when_newer() -> None:
+    at = NOW - timedelta(hours=2)
+    set_city = event(1, "contact.updated", at, {"attributes": {"city": "Pune"}})
+    remove = event(
+        2, "contact.updated", at + timedelta(minutes=1), {"attributes": {"city": None}}
+    )
+    old_set = event(
+        3, "contact.updated", at - timedelta(minutes=1), {"attributes": {"city": "Goa"}}
+    )
+    assert read(fold([set_city, remove, old_set]))["attributes"] == {}
+    assert read(fold([old_set, remove]))["attributes"] == {}
+    assert read(fold([remove, set_city]))["attributes"] == {}
+
+
+def test_old_events_move_dates_but_no_counter() -> None:
+    old = NOW - timedelta(days=120)
+    profile = fold([event(1, "link.clicked", old, {"url": "u"})])
+    signals = read(profile)
+    assert signals["last_link_clicked"] == old.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert signals["links_clicked_90d"] == 0
+    assert profile.counters.get("l", {}) == {}
+
+
+def test_deduplication_forgets_after_the_horizon() -> None:
+    click = event(1, "link.clicked", NOW - timedelta(hours=30), {"url": "u"})
+    profile = Profile()
+    assert profile.apply(click, UTC_ZONE, NOW_US - 2 * HORIZON_US, HORIZON_US)
+    assert not profile.apply(click, UTC_ZONE, NOW_US - HORIZON_US, HORIZON_US)
+    other = event(2, "link.clicked", NOW - timedelta(hours=1), {"url": "u"})
+    profile.apply(other, UTC_ZONE, NOW_US + 1, HORIZON_US)
+    assert set(profile.seen) == {"e0002"}
+
+
+@pytest.mark.parametrize("late_ctwa_hours", [1, 5, 9], ids=["early", "middle", "late"])
+def test_first_business_reply_after_a_late_ctwa(late_ctwa_hours: int) -> None:
+    base = NOW - timedelta(hours=20)
+    replies = [
+        event(
+            10 + h, "message.outbound", base + timedelta(hours=h), {"message_id": "m"}
+        )
+        for h in (2, 4, 6, 8)
+    ]
+    ctwa = event(
+        1,
+        "message.inbound",
+        base + timedelta(hours=late_ctwa_hours),
+        {"message_id": "m", "ctwa": {"ad_source_url": "u"}},
+    )
+    expected = [h for h in (2, 4, 6, 8) if h >= late_ctwa_hours]
+    got = read(fold([*replies, ctwa]))["first_business_reply_to_last_ctwa"]
+    if expected:
+        assert got == (base + timedelta(hours=expected[0])).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+    else:
+        assert got is None
+
+
+def test_memory_stays_bounded_with_many_events() -> None:
+    profile = Profile()
+    for day in range(400):
+        now_us = NOW_US + day * 86_400 * 1_000_000
+        for i in range(5):
+            at = NOW + timedelta(days=day, minutes=i)
+            n = day * 10 + i
+            profile.apply(
+                event(n, "link.clicked", at, {"url": "u"}), UTC_ZONE, now_us, HORIZON_US
+            )
+            profile.apply(
+                event(n + 100_000, "message.outbound", at, {"message_id": "m"}),
+                UTC_ZONE,
+                now_us,
+                HORIZON_US,
+            )
+    # One 15-minute slot a day holds the five clicks; 92 days of slots are kept.
+    assert 90 <= len(profile.counters["l"]) <= 93
+    # Ids of the last 24 hours only: today's and yesterday's ten events each.
+    assert len(profile.seen) <= 20
+    assert len(profile.business_times) <= BUSINESS_TIMES_CAP
+    assert len(profile.encode()) < 4096
