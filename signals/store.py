@@ -83,10 +83,12 @@ return applied
 """
 
 _SET_CLOCK = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local wanted = tonumber(ARGV[1])
-if wanted >= current then redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1] end
-return tostring(current)
+local stored = redis.call('GET', KEYS[1])
+if tonumber(ARGV[1]) >= tonumber(stored or '0') then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
+return stored
 """
 
 

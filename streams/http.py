@@ -8,6 +8,7 @@ not exist, so tokens cannot probe for tenant ids.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from signals.keys import ContactRef
 from signals.profile import signals_json
 from signals.windows import local_date_us, rfc3339, to_us
 from streams.operations import SegmentOperations
+from streams.retry import is_retriable
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -145,7 +147,16 @@ class Api:
             if exc.retriable:
                 logger.warning("Request failed on a backing service: %s", exc)
                 return _error(503, "unavailable", "a backing service is unavailable")
+            logger.exception("Request %s %s failed", request.method, request.path)
+            return _error(500, "internal", "the request failed; see the worker log")
+        except asyncio.CancelledError:
             raise
+        except Exception as exc:
+            if is_retriable(exc):
+                logger.warning("Request failed on a backing service: %s", exc)
+                return _error(503, "unavailable", "a backing service is unavailable")
+            logger.exception("Request %s %s failed", request.method, request.path)
+            return _error(500, "internal", "the request failed; see the worker log")
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
