@@ -38,6 +38,17 @@ def _show(title: str, data: object) -> None:
     print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
+def _spawn(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+
+
 async def main() -> int:
     bootstrap = os.environ["KAFKA_BOOTSTRAP"]
     run = uuid.uuid4().hex[:6]
@@ -56,14 +67,7 @@ async def main() -> int:
     log_path = ROOT / ".services" / f"demo-worker-{run}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"starting a worker (log: {log_path})")
-    with log_path.open("ab") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
+    worker = _spawn(env, log_path)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     try:
         async with aiohttp.ClientSession(base_url=url, headers=headers) as http:

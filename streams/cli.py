@@ -90,6 +90,13 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    from streams.settings import settings_reference
+
+    sys.stdout.write(settings_reference())
+    return 0
+
+
 def _schemas(args: argparse.Namespace) -> int:
     from schemas.generate import write_schemas
 
@@ -132,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("--topic-prefix", default=os.environ.get("TOPIC_PREFIX", ""))
 
     sub.add_parser("schemas", help="write the JSON Schema files under schemas/")
+    sub.add_parser("config", help="print the configuration reference (Markdown)")
 
     args = parser.parse_args(argv)
     if args.command == "worker":
@@ -143,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "contact": _contact,
         "publish": _publish,
         "schemas": _schemas,
+        "config": _config,
     }
     return handlers[args.command](args)
 

@@ -81,3 +81,20 @@ class Settings(BaseSettings):
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
+
+
+def settings_reference() -> str:
+    """The configuration reference as a Markdown table (for the docs)."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, SecretStr):
+            shown = "(secret)"
+        elif default is None or default == {}:
+            shown = "unset"
+        elif default == "":
+            shown = "empty"
+        else:
+            shown = f"`{getattr(default, 'value', default)}`"
+        rows.append(f"| `{name.upper()}` | {shown} | {info.description or ''} |")
+    return "\n".join(rows) + "\n"

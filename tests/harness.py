@@ -9,6 +9,7 @@ through its public surfaces: Kafka topics in, Kafka topics and HTTP out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -80,10 +81,8 @@ class TopicReader:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self._consumer is not None:
             await self._consumer.stop()
 
@@ -163,8 +162,8 @@ class WorkerProcess:
         await self.membership.start()
         await self.deadletters.start()
 
-    async def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_ready(self, wait_seconds: float = 60) -> None:
+        deadline = time.monotonic() + wait_seconds
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited; log tail:\n{self.log_tail()}")
@@ -282,7 +281,7 @@ class WorkerProcess:
 
     # -- waiting -------------------------------------------------------------------
 
-    async def drain(self, timeout: float = 60) -> None:
+    async def drain(self, wait_seconds: float = 60) -> None:
         """Wait until the group has committed every record now on the topics."""
         topics = [self.prefix + t for t in INPUT_TOPICS]
         probe = AIOKafkaConsumer(bootstrap_servers=self.kafka_bootstrap)
@@ -296,7 +295,7 @@ class WorkerProcess:
                 for p in (probe.partitions_for_topic(t) or await _partitions(probe, t))
             ]
             ends = await probe.end_offsets(partitions)
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + wait_seconds
             while True:
                 committed = await admin.list_consumer_group_offsets(self.group)
                 behind = {
@@ -328,10 +327,12 @@ class WorkerProcess:
         keys = [k async for k in self.redis.scan_iter(f"{self.redis_prefix}:o:*")]
         return len(keys)
 
-    async def settle(self, timeout: float = 30) -> None:
+    async def settle(self, wait_seconds: float = 30) -> None:
         """Input drained, no wake-up due, no outbox waiting for Kafka."""
-        await self.drain(timeout)
-        await wait_until(self._quiet, timeout, lambda: f"still busy\n{self.log_tail()}")
+        await self.drain(wait_seconds)
+        await wait_until(
+            self._quiet, wait_seconds, lambda: f"still busy\n{self.log_tail()}"
+        )
         await asyncio.sleep(0.3)  # let the membership reader catch up
 
     async def _quiet(self) -> bool:
@@ -351,7 +352,7 @@ class WorkerProcess:
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     for _ in range(50):
-        await consumer._client.force_metadata_update()  # noqa: SLF001
+        await consumer._client.force_metadata_update()
         found = consumer.partitions_for_topic(topic)
         if found:
             return set(found)
@@ -361,10 +362,10 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 
 async def wait_until(
     check: Callable[[], Awaitable[bool]],
-    timeout: float = 30,
+    wait_seconds: float = 30,
     message: Callable[[], str] = lambda: "condition not met",
 ) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_seconds
     while not await check():
         if time.monotonic() > deadline:
             raise TimeoutError(message())

@@ -130,24 +130,31 @@ async def test_arrival_order_does_not_matter(
     # Ties on occurred_at resolve by event_id, whatever the order.
     history.append(("upd", history[-1][1], 99))
 
+    def one(contact: str, kind: str, at: datetime, i: int) -> dict[str, object]:
+        match kind:
+            case "in":
+                return events.inbound(
+                    contact, at, reply_campaign=f"c{i % 3}", channel=f"ch{i}"
+                )
+            case "out":
+                return events.outbound(contact, at, template=(f"t{i}", "utility"))
+            case "camp":
+                return events.campaign(contact, at, f"c{i}")
+            case "read":
+                return events.read(contact, at, campaign="c")
+            case "click":
+                return events.click(contact, at)
+            case "call":
+                return events.call(contact, at, "inbound", i % 2 == 0)
+            case _:
+                return events.updated(
+                    contact, at, {"a": i, f"k{i % 4}": i}, source=f"s{i}"
+                )
+
     def build(contact: str) -> list[dict[str, object]]:
         out = []
         for kind, at, i in history:
-            e = {
-                "in": lambda: events.inbound(
-                    contact, at, reply_campaign=f"c{i % 3}", channel=f"ch{i}"
-                ),
-                "out": lambda: events.outbound(
-                    contact, at, template=(f"t{i}", "utility")
-                ),
-                "camp": lambda: events.campaign(contact, at, f"c{i}"),
-                "read": lambda: events.read(contact, at, campaign="c"),
-                "click": lambda: events.click(contact, at),
-                "call": lambda: events.call(contact, at, "inbound", i % 2 == 0),
-                "upd": lambda: events.updated(
-                    contact, at, {"a": i, f"k{i % 4}": i}, source=f"s{i}"
-                ),
-            }[kind]()
+            e = one(contact, kind, at, i)
             e["event_id"] = f"{contact}-{i:03d}"
             out.append(e)
         return out
@@ -222,7 +229,7 @@ async def test_invalid_records_go_to_the_dead_letter_topic(
     }
     before = len(worker.dead_letters())
     topic = "engagement.clicks"
-    for i, (kind, value) in enumerate(bad.items()):
+    for i, value in enumerate(bad.values()):
         await worker.publish_raw(
             topic, orjson.dumps(good[i]), f"{tenant}:ok{i}".encode()
         )
