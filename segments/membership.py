@@ -1,7 +1,7 @@
 """Membership changes: deciding them, naming them, and their wire format.
 
-A profile records, per active segment, whether the contact is a member, how
-many changes it has had and the definition version behind the answer. A
+A profile records, per active segment, whether the contact is a member and
+how many changes it has had, as one integer: ``2 * changes + member``. A
 change is emitted only when the freshly computed answer differs from the
 recorded one, and the count then moves on by one. So for each segment and
 contact the changes alternate, starting with ``entered``, whatever the mix of
@@ -76,16 +76,12 @@ def record(
     caused_by: str | None,
 ) -> Change | None:
     """Store ``member`` as the answer for ``segment``; the change, if any."""
-    entry = profile.membership.get(segment.id)
-    was_member = bool(entry and entry[0])
-    count = entry[1] if entry else 0
-    if entry is not None and was_member == member:
-        entry[2] = segment.version
+    entry = profile.membership.get(segment.id, 0)
+    count, was_member = divmod(entry, 2)
+    if bool(was_member) == member:
+        # Unchanged; a contact that never was a member has no entry at all.
         return None
-    if entry is None and not member:
-        # Never a member so far: nothing to record, nothing to announce.
-        return None
-    profile.membership[segment.id] = [int(member), count + 1, segment.version]
+    profile.membership[segment.id] = 2 * (count + 1) + int(member)
     return Change(
         ref=ref,
         segment_id=segment.id,

@@ -67,10 +67,14 @@ class Segment:
     #: For a static segment, the instant its snapshot was taken.
     as_of: str | None = None
     compiled: CompiledRule = field(compare=False, repr=False, default=None)  # type: ignore[assignment]
+    #: Every ``field`` the rule reads (``signal.x``, ``attribute.y``).
+    fields: frozenset[str] = field(compare=False, repr=False, default=frozenset())
 
     def __post_init__(self) -> None:
         if self.compiled is None:
             object.__setattr__(self, "compiled", compile_rule(self.rule))
+        names = frozenset(c.field for g in self.rule.any for c in g.all)
+        object.__setattr__(self, "fields", names)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -194,7 +198,7 @@ class Registry:
         tenant = await self.tenant(tenant_id)
         now = _now_text()
         segment = Segment(
-            id=f"seg_{secrets.token_hex(8)}",
+            id=f"seg_{secrets.token_hex(5)}",
             tenant_id=tenant_id,
             name=spec.name,
             kind=spec.kind,

@@ -45,6 +45,7 @@ from signals.catalog import (
     DATE_SIGNALS,
     LONGEST_WINDOW,
     SIGNAL_TYPES,
+    WINDOWS,
     Counter,
     SignalType,
 )
@@ -55,18 +56,19 @@ from signals.windows import (
     from_us,
     local_date_us,
     rfc3339,
+    slot_local_date,
     to_us,
     window_start,
 )
 
 #: Version of the stored document layout.
-FORMAT: Final = 1
+FORMAT: Final = 2
 
 #: Business-message times kept after the latest click-to-WhatsApp message.
 #: ``first_business_reply_to_last_ctwa`` is exact unless a click-to-WhatsApp
 #: message arrives so late that more than this many business messages newer
 #: than the previous one were already seen; then the oldest are forgotten.
-BUSINESS_TIMES_CAP: Final = 32
+BUSINESS_TIMES_CAP: Final = 8
 
 #: Counter slots older than this are dropped. Two days more than the longest
 #: window, so a tenant moving to a zone up to +/-26 h away still counts exactly.
@@ -101,8 +103,78 @@ _COUNTER_CODES: Final = {
 # "Latest" values: code -> the string signals they feed.
 _SOURCE, _CHANNEL, _TEMPLATE, _CTWA_URL = "so", "ch", "tp", "cw"
 
+#: Stored codes -> the rule fields (``signal.<name>``) they feed.
+_DATE_FIELDS: Final = {code: f"signal.{name}" for name, code in _DATE_CODES.items()}
+_LATEST_FIELDS: Final = {
+    _SOURCE: ("signal.contact_source",),
+    _CHANNEL: ("signal.channel_type",),
+    _TEMPLATE: ("signal.last_template_used", "signal.last_template_type"),
+    _CTWA_URL: ("signal.last_ctwa_ad_source_url",),
+}
+_COUNTER_FIELDS: Final = {
+    counter: tuple(f"signal.{counter.value}_{days}d" for days in WINDOWS)
+    for counter in Counter
+}
+
 #: (occurred_at in µs, event_id, value): the key that decides "latest".
 Stamped = tuple[int, str, Any]
+
+
+def _pack(instant_us: int) -> int | list[int]:
+    """Whole seconds as one integer, others as ``[seconds, microseconds]``."""
+    seconds, micros = divmod(instant_us, US)
+    return seconds if not micros else [seconds, micros]
+
+
+def _unpack(packed: int | list[int]) -> int:
+    if isinstance(packed, int):
+        return packed * US
+    return packed[0] * US + packed[1]
+
+
+def _deltas(buckets: dict[int, int]) -> list[int]:
+    """Slot counts as a sorted list of slots (repeated per event), delta-coded."""
+    out: list[int] = []
+    previous = 0
+    for slot in sorted(buckets):
+        out.append(slot - previous)
+        out.extend([0] * (buckets[slot] - 1))
+        previous = slot
+    return out
+
+
+def _undeltas(packed: list[int]) -> dict[int, int]:
+    buckets: dict[int, int] = {}
+    slot = 0
+    for step in packed:
+        slot += step
+        buckets[slot] = buckets.get(slot, 0) + 1
+    return buckets
+
+
+def _deltas_sorted(packed: list[int | list[int]]) -> list[int | list[int]]:
+    """Sorted packed instants with each whole-second one as a step from the last."""
+    out: list[int | list[int]] = []
+    previous = 0
+    for item in packed:
+        if isinstance(item, int):
+            out.append(item - previous)
+            previous = item
+        else:
+            out.append(item)
+    return out
+
+
+def _undeltas_sorted(stored: list[int | list[int]]) -> list[int | list[int]]:
+    out: list[int | list[int]] = []
+    previous = 0
+    for item in stored:
+        if isinstance(item, int):
+            previous += item
+            out.append(previous)
+        else:
+            out.append(item)
+    return out
 
 
 def _newer(current: Stamped | None, candidate: Stamped) -> bool:
@@ -120,55 +192,72 @@ class Profile:
     counters: dict[str, dict[int, int]] = field(default_factory=dict)
     business_times: list[int] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)
-    #: segment_id -> [member (0/1), changes so far, segment version]
-    membership: dict[str, list[int]] = field(default_factory=dict)
+    #: segment_id -> 2 * (changes so far) + (1 if a member now else 0)
+    membership: dict[str, int] = field(default_factory=dict)
     #: When the answer of some active segment can next change by time alone.
     next_wake_us: int | None = None
+    #: Rule fields (``signal.x``, ``attribute.y``) whose value changed since
+    #: the profile was loaded; not stored.
+    touched: set[str] = field(default_factory=set, compare=False)
 
     # -- storage -----------------------------------------------------------
 
     def encode(self) -> bytes:
+        """The stored form: short keys, compact instants, interned event ids."""
+        ids: dict[str, int] = {}
+
+        def stamp(v: Stamped) -> list[Any]:
+            return [_pack(v[0]), ids.setdefault(v[1], len(ids)), v[2]]
+
         document: dict[str, Any] = {"f": FORMAT}
         if self.dates:
-            document["t"] = self.dates
+            document["t"] = {k: _pack(v) for k, v in self.dates.items()}
         if self.latest:
-            document["l"] = {k: list(v) for k, v in self.latest.items()}
+            document["l"] = {k: stamp(v) for k, v in self.latest.items()}
         if self.attributes:
-            document["a"] = {k: list(v) for k, v in self.attributes.items()}
-        if self.counters:
-            document["c"] = {
-                code: [[slot, n] for slot, n in sorted(buckets.items())]
-                for code, buckets in self.counters.items()
-                if buckets
-            }
+            document["a"] = {k: stamp(v) for k, v in self.attributes.items()}
+        if ids:
+            document["i"] = list(ids)
+        counters = {
+            code: _deltas(buckets) for code, buckets in self.counters.items() if buckets
+        }
+        if counters:
+            document["c"] = counters
         if self.business_times:
-            document["b"] = self.business_times
+            document["b"] = _deltas_sorted([_pack(t) for t in self.business_times])
         if self.seen:
-            document["s"] = self.seen
+            # Seen-at only decides when an id is forgotten: seconds suffice.
+            document["s"] = {k: v // US for k, v in self.seen.items()}
         if self.membership:
             document["m"] = self.membership
         if self.next_wake_us is not None:
-            document["n"] = self.next_wake_us
+            document["n"] = _pack(self.next_wake_us)
         return orjson.dumps(document)
 
     @classmethod
     def decode(cls, raw: bytes, version: int) -> Profile:
         document = orjson.loads(raw)
+        ids = document.get("i", [])
+
+        def stamped(v: list[Any]) -> Stamped:
+            return (_unpack(v[0]), ids[v[1]], v[2])
+
+        wake = document.get("n")
         return cls(
             version=version,
-            dates=document.get("t", {}),
-            latest={k: (v[0], v[1], v[2]) for k, v in document.get("l", {}).items()},
-            attributes={
-                k: (v[0], v[1], v[2]) for k, v in document.get("a", {}).items()
-            },
+            dates={k: _unpack(v) for k, v in document.get("t", {}).items()},
+            latest={k: stamped(v) for k, v in document.get("l", {}).items()},
+            attributes={k: stamped(v) for k, v in document.get("a", {}).items()},
             counters={
-                code: {slot: n for slot, n in buckets}
-                for code, buckets in document.get("c", {}).items()
+                code: _undeltas(packed)
+                for code, packed in document.get("c", {}).items()
             },
-            business_times=document.get("b", []),
-            seen=document.get("s", {}),
+            business_times=[
+                _unpack(t) for t in _undeltas_sorted(document.get("b", []))
+            ],
+            seen={k: v * US for k, v in document.get("s", {}).items()},
             membership=document.get("m", {}),
-            next_wake_us=document.get("n"),
+            next_wake_us=None if wake is None else _unpack(wake),
         )
 
     @property
@@ -188,7 +277,9 @@ class Profile:
             return False
         self.seen[event.event_id] = now_us
 
-        # 2. Signals every event type feeds.
+        # 2. Signals every event type feeds; remember what changes.
+        dates_before = dict(self.dates)
+        latest_before = dict(self.latest)
         at = to_us(event.occurred_at)
         eid = event.event_id
         if event.channel is not None:
@@ -205,6 +296,7 @@ class Profile:
                     stamped: Stamped = (at, eid, value)
                     if _newer(self.attributes.get(name), stamped):
                         self.attributes[name] = stamped
+                        self.touched.add(f"attribute.{name}")
             case MessageInbound(data=data):
                 self._min("fc", at)
                 self._max("mc", at)
@@ -235,6 +327,14 @@ class Profile:
 
         # 4. Drop counter slots that can no longer fall in any window.
         self._forget_slots(now_us - _KEEP_SLOTS_US)
+
+        # 5. Name the changed signals, so unaffected segments can be skipped.
+        for code in dates_before.keys() | self.dates.keys():
+            if dates_before.get(code) != self.dates.get(code):
+                self.touched.add(_DATE_FIELDS[code])
+        for code, stamped in self.latest.items():
+            if latest_before.get(code) is not stamped:
+                self.touched.update(_LATEST_FIELDS[code])
         return True
 
     def _max(self, code: str, at: int) -> None:
@@ -261,6 +361,7 @@ class Profile:
             return
         buckets = self.counters.setdefault(_COUNTER_CODES[counter], {})
         buckets[slot] = buckets.get(slot, 0) + 1
+        self.touched.update(_COUNTER_FIELDS[counter])
 
     def _business_message(self, at: int, eid: str, template: Any) -> None:
         self._min("fc", at)
@@ -317,7 +418,7 @@ class Profile:
         for counter, code in _COUNTER_CODES.items():
             per_day: dict[date, int] = {}
             for slot, n in self.counters.get(code, {}).items():
-                day = local_date_us(slot * SLOT_US, tz)
+                day = slot_local_date(slot, tz)
                 per_day[day] = per_day.get(day, 0) + n
             if per_day:
                 counter_days[counter] = sorted(per_day.items())

@@ -42,6 +42,12 @@ def local_date_us(epoch_us: int, tz: ZoneInfo) -> date:
     return from_us(epoch_us).astimezone(tz).date()
 
 
+@lru_cache(maxsize=65_536)
+def slot_local_date(slot: int, tz: ZoneInfo) -> date:
+    """The local date of a counter slot; slots repeat across contacts, so cached."""
+    return local_date_us(slot * SLOT_US, tz)
+
+
 def start_of_local_day(day: date, tz: ZoneInfo) -> datetime:
     """The first instant (UTC) whose local date in ``tz`` is ``day``.
 

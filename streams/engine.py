@@ -40,6 +40,7 @@ from segments.membership import (
 from segments.registry import RegistryCache, Segment
 from signals.errors import StoreError
 from signals.keys import ContactRef
+from signals.profile import Profile
 from signals.store import ContactWrite, Finished, Store
 from signals.windows import local_date_us
 
@@ -160,12 +161,29 @@ class Engine:
                         outcome.applied += 1
                     else:
                         outcome.duplicates += 1
-                pending_outbox = decode_outbox(loaded.outboxes.get(ref, b""))
                 if stored_version == 0 and not changed:
                     if reason == "clock":
                         wakeups.append((ref, 1, None))  # a wake-up without a contact
                     continue  # no such contact (yet): nothing to evaluate
                 outcome.touched += 1
+                pending_outbox = decode_outbox(loaded.outboxes.get(ref, b""))
+                if not self._must_evaluate(
+                    profile, stored_version, tenant.active, now, reason
+                ):
+                    # The events changed nothing any rule reads and no
+                    # boundary has passed: every answer and the wake-up stand.
+                    if changed:
+                        profile.version = stored_version + 1
+                        raw = encode_outbox(pending_outbox)
+                        writes.append(ContactWrite(ref, profile, raw, is_new=False))
+                    if pending_outbox:
+                        staged[ref] = _Staged(
+                            profile.version,
+                            pending_outbox,
+                            loaded.outboxes[ref],
+                            profile.next_wake_us,
+                        )
+                    continue
 
                 view = profile.view(ref.tenant_id, ref.contact_id, tz)
                 today = local_date_us(now, tz)
@@ -246,6 +264,29 @@ class Engine:
         # 4. Publish and wait for Kafka, then 5. clear and index.
         await self._publish_and_finish(staged, outcome)
         return outcome
+
+    @staticmethod
+    def _must_evaluate(
+        profile: Profile,
+        stored_version: int,
+        active: Sequence[Segment],
+        now: int,
+        reason: Reason,
+    ) -> bool:
+        """Whether re-evaluating can change an answer or the next wake-up.
+
+        An answer is a function of the fields its rule reads and of "today";
+        so for a known contact, events that changed none of those fields,
+        before any boundary the contact's wake-up names, change nothing. A new
+        contact is always evaluated: "is_not" and friends are true on unset
+        fields.
+        """
+        if reason != "event" or stored_version == 0:
+            return True
+        if profile.next_wake_us is not None and profile.next_wake_us <= now:
+            return True
+        touched = profile.touched
+        return any(not segment.fields.isdisjoint(touched) for segment in active)
 
     async def _publish_and_finish(
         self, staged: Mapping[ContactRef, _Staged], outcome: Outcome

@@ -306,7 +306,7 @@ class SegmentOperations:
             ids = [
                 ref.contact_id
                 for ref, profile in loaded.profiles.items()
-                if (entry := profile.membership.get(segment_id)) and entry[0]
+                if profile.membership.get(segment_id, 0) % 2
             ]
         count = int(await self.store.redis.scard(key))
         return ids, int(next_cursor), count
@@ -320,7 +320,7 @@ class SegmentOperations:
         ids = [
             sid
             for sid, entry in profile.membership.items()
-            if entry[0] and sid in tenant.segments
+            if entry % 2 and sid in tenant.segments
         ]
         for segment in tenant.segments.values():
             if segment.kind == "static" and await self.store.redis.sismember(

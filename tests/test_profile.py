@@ -229,3 +229,18 @@ def test_memory_stays_bounded_with_many_events() -> None:
     assert len(profile.seen) <= 20
     assert len(profile.business_times) <= BUSINESS_TIMES_CAP
     assert len(profile.encode()) < 4096
+
+
+@settings(max_examples=100, deadline=None)
+@given(history=histories, fraction=st.integers(0, 999_999))
+def test_the_stored_form_reads_back_identically(history: list[tuple[str, int]],
+                                                fraction: int) -> None:
+    events = [build(i, kind, ago) for i, (kind, ago) in enumerate(history)]
+    profile = fold(events)
+    profile.dates["mc"] = profile.dates.get("mc", NOW_US) + fraction
+    profile.business_times = sorted({*profile.business_times, NOW_US - fraction})
+    profile.membership = {"seg_a": 3, "seg_b": 4}
+    profile.next_wake_us = NOW_US + 86_400 * 1_000_000
+    again = Profile.decode(profile.encode(), profile.version)
+    assert again == profile
+    assert again.encode() == profile.encode()
