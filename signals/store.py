@@ -282,10 +282,11 @@ class Store:
             if isinstance(row, tuple | list)
         ]
 
-    async def pending_wakeups(self) -> int:
+    async def due_count(self, now_us: int) -> int:
+        """How many wake-ups are due at ``now_us``, over every shard."""
         pipe = self.redis.pipeline(transaction=False)
         for shard in range(WAKE_SHARDS):
-            pipe.zcard(self.keys.wakeups(shard))
+            pipe.zcount(self.keys.wakeups(shard), "-inf", now_us)
         return sum(await self._execute(pipe))
 
     async def contact_ids(self, tenant_id: str, chunk: int) -> AsyncIterator[list[str]]:

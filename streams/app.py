@@ -28,6 +28,7 @@ from streams.http import Api
 from streams.ingest import Ingest
 from streams.kafka import Publisher, ensure_topics
 from streams.logs import configure as configure_logging
+from streams.metrics import Metrics
 from streams.operations import SegmentOperations
 from streams.retry import RetryPolicy
 from streams.settings import ClockMode, Settings
@@ -53,18 +54,25 @@ class Components:
         self.cache = RegistryCache(self.registry)
         self.publisher = Publisher(settings)
         self.clock = Clock(manual=settings.clock is ClockMode.MANUAL)
+        self.metrics = Metrics()
         self.engine = Engine(
             self.store,
             self.cache,
             self.publisher,
             self.clock,
             dedup_horizon_us=int(settings.dedup_horizon_hours * 3600 * US),
+            metrics=self.metrics,
         )
         self.ingest = Ingest(settings, self.engine, self.publisher, self.retry)
         self.sweeper = ClockSweeper(self.engine, self.store)
         self.ops = SegmentOperations(self.registry, self.store, self.engine)
         self.api = Api(settings, self.ops)
         self.api.ready = self.readiness
+        self.metrics.refreshers += [self.ingest.refresh_lag, self._refresh_due]
+
+    async def _refresh_due(self) -> None:
+        due = await self.store.due_count(await self.engine.now_us())
+        self.metrics.wakeups_due.set(due)
 
     async def readiness(self) -> dict[str, bool]:
         try:

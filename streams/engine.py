@@ -43,6 +43,7 @@ from signals.keys import ContactRef
 from signals.profile import Profile
 from signals.store import ContactWrite, Finished, Store
 from signals.windows import local_date_us
+from streams.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +108,14 @@ class Engine:
         clock: Clock,
         *,
         dedup_horizon_us: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
         self.sink = sink
         self.clock = clock
         self.dedup_horizon_us = dedup_horizon_us
+        self.metrics = metrics or Metrics()
 
     async def now_us(self) -> int:
         """Current "now", refreshing the shared manual clock first."""
@@ -138,7 +141,8 @@ class Engine:
         pending = list(work)
         for _attempt in range(MAX_ATTEMPTS):
             # 1. One read for the whole set, plus the epoch and the clock.
-            loaded = await self.store.load(pending)
+            with self.metrics.redis_seconds.labels("load").time():
+                loaded = await self.store.load(pending)
             await self.cache.refresh(loaded.epoch)
             self.clock.observe(loaded.clock_us)
             now = self.clock.now_us()
@@ -147,6 +151,8 @@ class Engine:
             writes: list[ContactWrite] = []
             wakeups: list[tuple[ContactRef, int, int | None]] = []
             attempt_changes: dict[ContactRef, list[Change]] = {}
+            applied: dict[ContactRef, list[str]] = {}
+            duplicates: dict[ContactRef, int] = {}
             for ref in pending:
                 profile = loaded.profiles[ref]
                 stored_version = profile.version
@@ -158,9 +164,9 @@ class Engine:
                     if profile.apply(event, tz, now, self.dedup_horizon_us):
                         changed = True
                         caused_by = event.event_id
-                        outcome.applied += 1
+                        applied.setdefault(ref, []).append(event.type)
                     else:
-                        outcome.duplicates += 1
+                        duplicates[ref] = duplicates.get(ref, 0) + 1
                 if stored_version == 0 and not changed:
                     if reason == "clock":
                         wakeups.append((ref, 1, None))  # a wake-up without a contact
@@ -243,9 +249,11 @@ class Engine:
                     staged[ref] = _Staged(profile.version, outbox, raw, wake)
 
             # 3. Compare-and-set; the losers go round again with fresh state.
-            conflicts = await self.store.write(writes, wakeups)
+            with self.metrics.redis_seconds.labels("write").time():
+                conflicts = await self.store.write(writes, wakeups)
             outcome.written += len(writes) - len(conflicts)
             outcome.conflicts += len(conflicts)
+            self._count_applied(applied, duplicates, conflicts, outcome)
             for ref, changes in attempt_changes.items():
                 if ref not in conflicts:
                     outcome.changes += changes
@@ -264,6 +272,26 @@ class Engine:
         # 4. Publish and wait for Kafka, then 5. clear and index.
         await self._publish_and_finish(staged, outcome)
         return outcome
+
+    def _count_applied(
+        self,
+        applied: Mapping[ContactRef, list[str]],
+        duplicates: Mapping[ContactRef, int],
+        conflicts: set[ContactRef],
+        outcome: Outcome,
+    ) -> None:
+        """Count what a successful write made permanent (losers count later)."""
+        m = self.metrics
+        for ref, types in applied.items():
+            if ref in conflicts:
+                continue
+            outcome.applied += len(types)
+            for kind in types:
+                m.events_applied.labels(ref.tenant_id, kind).inc()
+        settled = sum(n for ref, n in duplicates.items() if ref not in conflicts)
+        outcome.duplicates += settled
+        m.duplicates.inc(settled)
+        m.write_conflicts.inc(len(conflicts))
 
     @staticmethod
     def _must_evaluate(
@@ -295,6 +323,8 @@ class Engine:
         if records:
             await self.sink.publish_membership(records)
             outcome.published = len(records)
+            for item in records:
+                self.metrics.membership_changes.labels(item["reason"]).inc()
         finished = []
         for ref, s in staged.items():
             last: dict[str, str] = {}
@@ -310,4 +340,5 @@ class Engine:
                     exited=[k for k, v in last.items() if v == "exited"],
                 )
             )
-        await self.store.finish(finished)
+        with self.metrics.redis_seconds.labels("finish").time():
+            await self.store.finish(finished)

@@ -108,6 +108,7 @@ class Api:
         r = self.app.router
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
+        r.add_get("/metrics", self.metrics)
         t = "/v1/tenants/{tenant}"
         r.add_put(t, self.put_tenant)
         r.add_get(t, self.get_tenant)
@@ -160,7 +161,7 @@ class Api:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in ("/healthz", "/readyz"):
+        if request.path in ("/healthz", "/readyz", "/metrics"):
             return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
@@ -229,6 +230,10 @@ class Api:
         checks = await self.ready() if self.ready is not None else {}
         ok = bool(checks) and all(checks.values())
         return _json({"ready": ok, "checks": checks}, 200 if ok else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = await self.engine.metrics.render()
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     async def get_tenant(self, request: web.Request) -> web.Response:
         tenant = await self.registry.tenant(self._tenant_id(request))

@@ -214,6 +214,8 @@ class Ingest:
                         "processing",
                     )
                 )
+        for letter in letters:
+            self.engine.metrics.dead_letters.labels(letter.kind).inc()
         if letters:
             await self.retry.call(
                 "publishing dead letters",
@@ -227,6 +229,14 @@ class Ingest:
         # 3. Apply. A failure that retrying cannot fix is isolated per contact.
         if work:
             stats.outcome = await self._apply(work, origins)
+        metrics = self.engine.metrics
+        metrics.batch_seconds.observe(time.perf_counter() - started)
+        done_ms = time.time() * 1000
+        for records in batch.values():
+            for rec in records:
+                metrics.event_age_seconds.observe(
+                    max(0.0, done_ms - rec.timestamp) / 1000
+                )
         logger.debug(
             "Batch of %d records in %.1f ms",
             stats.records,
@@ -274,6 +284,7 @@ class Ingest:
                 letters = origins[ref]
                 for letter in letters:
                     letter.reason = f"processing failed: {exc!r}"
+                self.engine.metrics.dead_letters.labels("processing").inc(len(letters))
                 await self.retry.call(
                     "publishing dead letters",
                     lambda ls=letters: self.publisher.publish_deadletters(  # type: ignore[misc]
@@ -285,6 +296,19 @@ class Ingest:
             outcome.duplicates += one.duplicates
             outcome.changes += one.changes
         return outcome
+
+    async def refresh_lag(self) -> None:
+        """Set the consumer-lag gauge of every assigned partition (on scrape)."""
+        if self._consumer is None:
+            return
+        gauge = self.engine.metrics.consumer_lag
+        gauge.clear()
+        for tp in self.assigned:
+            end = self._consumer.highwater(tp)
+            if end is None:
+                continue
+            position = await self._consumer.position(tp)
+            gauge.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
 
     async def _commit(self, batch: dict[TopicPartition, list[Any]]) -> None:
         offsets = {
