@@ -262,18 +262,30 @@ def pick_ports(count: int, taken: set[int]) -> list[int]:
     return chosen
 
 
+#: The broker's ports: plain clients, the KRaft controller, and a SASL/PLAIN
+#: listener for the tests of authenticated clients.
+KAFKA_PORT_KEYS: Final = ["port", "controller_port", "sasl_port"]
+#: Test-only SASL/PLAIN credentials of the local broker (never for production).
+KAFKA_SASL_USER: Final = "profilestream"
+KAFKA_SASL_PASSWORD: Final = "profilestream-test-secret"
+
+
 def ensure_ports(layout: Layout, services: Sequence[str]) -> Ports:
     """Ports for ``services``: the saved ones, or new ones saved for next time."""
     ports = load_ports(layout)
     taken = {p for entry in ports.values() for p in entry.values()}
     changed = False
     for service in services:
-        needed = ["port", "controller_port"] if service == "kafka" else ["port"]
-        if all(key in ports.get(service, {}) for key in needed):
+        needed = KAFKA_PORT_KEYS if service == "kafka" else ["port"]
+        have = ports.setdefault(service, {})
+        # Pick only what is missing: a state dir made before a port was added
+        # keeps the addresses its clients already know.
+        missing = [key for key in needed if key not in have]
+        if not missing:
             continue
-        picked = pick_ports(len(needed), taken)
+        picked = pick_ports(len(missing), taken)
         taken.update(picked)
-        ports[service] = dict(zip(needed, picked, strict=True))
+        have.update(zip(missing, picked, strict=True))
         changed = True
         log(f"{service}: picked port(s) {', '.join(map(str, picked))}")
     if changed:
@@ -286,6 +298,9 @@ def env_lines(ports: Ports, services: Sequence[str]) -> list[str]:
     if "kafka" in services and "kafka" in ports:
         value = f"{LOOPBACK}:{ports['kafka']['port']}"
         lines.append(f"export KAFKA_BOOTSTRAP={shlex.quote(value)}")
+        if "sasl_port" in ports["kafka"]:
+            value = f"{LOOPBACK}:{ports['kafka']['sasl_port']}"
+            lines.append(f"export KAFKA_SASL_BOOTSTRAP={shlex.quote(value)}")
     if "redis" in services and "redis" in ports:
         value = f"redis://{LOOPBACK}:{ports['redis']['port']}/0"
         lines.append(f"export REDIS_URL={shlex.quote(value)}")
@@ -589,14 +604,29 @@ def kafka_libs() -> Path:
 def kafka_properties(layout: Layout, ports: Ports) -> str:
     port = ports["kafka"]["port"]
     cport = ports["kafka"]["controller_port"]
+    sport = ports["kafka"]["sasl_port"]
+    jaas = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{KAFKA_SASL_USER}" password="{KAFKA_SASL_PASSWORD}" '
+        f'user_{KAFKA_SASL_USER}="{KAFKA_SASL_PASSWORD}";'
+    )
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{LOOPBACK}:{cport}",
-        "listeners": f"PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{cport}",
-        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{port}",
+        "listeners": (
+            f"PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{cport},"
+            f"SASL_PLAINTEXT://{LOOPBACK}:{sport}"
+        ),
+        "advertised.listeners": (
+            f"PLAINTEXT://{LOOPBACK}:{port},SASL_PLAINTEXT://{LOOPBACK}:{sport}"
+        ),
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": (
+            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+        ),
+        "sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(layout.kafka_data),
         "num.partitions": "4",

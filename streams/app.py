@@ -134,13 +134,30 @@ class WorkerService(mode.Service):
         logger.info("Worker stopped")
 
 
+def _faust_credentials(settings: Settings) -> Any:
+    """The same Kafka security for faust's own clients (leader election)."""
+    options = settings.kafka_client_options()
+    protocol = settings.kafka_security_protocol
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=options.get("ssl_context"),
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(options["ssl_context"])
+    return None
+
+
 def create_app(settings: Settings | None = None) -> tuple[Any, Components]:
     """The faust app of a worker and the components it runs."""
     settings = settings or Settings()
     components = Components(settings)
     app = faust.App(
         f"{settings.consumer_group}-control",
-        broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
+        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        broker_credentials=_faust_credentials(settings),
         web_enabled=False,
         topic_disable_leader=False,
         topic_replication_factor=1,

@@ -137,7 +137,7 @@ class Ingest:
         settings = self.settings
         # aiokafka binds its clients to the running loop: create them here.
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **settings.kafka_client_options(),
             group_id=settings.consumer_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -48,7 +48,7 @@ async def ensure_topics(settings: Settings, partitions: int = 4) -> None:
     """Create the project's topics that do not exist yet (idempotent)."""
     names = [*input_topics(settings), settings.topic(DEADLETTER_TOPIC)]
     names.append(settings.topic(MEMBERSHIP_TOPIC))
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -73,7 +73,7 @@ class Publisher:
     async def start(self) -> None:
         # aiokafka binds its clients to the running loop: create them here.
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **self.settings.kafka_client_options(),
             acks="all",
             enable_idempotence=True,
             linger_ms=2,

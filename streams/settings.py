@@ -7,10 +7,13 @@ carries the reference generated from this class (``profilestream config``).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class ClockMode(StrEnum):
@@ -28,7 +31,29 @@ class Settings(BaseSettings):
     )
     redis_url: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"),
-        description="Redis URL; may carry a password, so it is never logged.",
+        description=(
+            "Redis URL, never logged: `redis://user:password@host:6379/0` for an "
+            "ACL user, `rediss://...?ssl_ca_certs=/path/ca.pem` for TLS."
+        ),
+    )
+    kafka_security_protocol: KafkaProtocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field(
+        "PLAIN", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL only)."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password; never logged."
+    )
+    kafka_ssl_cafile: str | None = Field(
+        None, description="CA bundle to verify the brokers (SSL, SASL_SSL)."
+    )
+    kafka_ssl_certfile: str | None = Field(
+        None, description="Client certificate for mutual TLS."
+    )
+    kafka_ssl_keyfile: str | None = Field(
+        None, description="Private key of the client certificate."
     )
     topic_prefix: str = Field(
         "", description="Put in front of every topic name, input and output."
@@ -81,6 +106,29 @@ class Settings(BaseSettings):
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Connection and security options for every aiokafka client."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if "SSL" in self.kafka_security_protocol:
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=self.kafka_ssl_cafile,
+                certfile=self.kafka_ssl_certfile,
+                keyfile=self.kafka_ssl_keyfile,
+            )
+        if self.kafka_security_protocol.startswith("SASL"):
+            password = self.kafka_sasl_password
+            options.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=password.get_secret_value() if password else None,
+            )
+        return options
 
 
 def settings_reference() -> str:
