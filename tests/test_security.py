@@ -22,7 +22,7 @@ from tests.events import Events
 from tests.harness import WorkerProcess, unique
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from services import KAFKA_SASL_PASSWORD, KAFKA_SASL_USER  # noqa: E402
+from services import KAFKA_SASL_PASSWORD, KAFKA_SASL_USER
 
 
 @pytest.fixture
