@@ -126,14 +126,18 @@ def evaluate(
 
 def next_wake(
     view: ContactView, segments: Iterable[Segment], today: date, tz: ZoneInfo
-) -> int | None:
-    """The first instant (µs) at which any of ``segments`` can change by time."""
+) -> tuple[int | None, str | None]:
+    """The first instant (µs) at which any of ``segments`` can change by time,
+    and the segment that changes then."""
     soonest: date | None = None
+    which: str | None = None
     for segment in segments:
         day = segment.compiled.next_change(view, today, tz)
         if day is not None and (soonest is None or day < soonest):
-            soonest = day
-    return None if soonest is None else to_us(start_of_local_day(soonest, tz))
+            soonest, which = day, segment.id
+    if soonest is None:
+        return None, None
+    return to_us(start_of_local_day(soonest, tz)), which
 
 
 def encode_outbox(changes: Iterable[dict[str, Any]]) -> bytes:

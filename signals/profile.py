@@ -24,8 +24,9 @@ stored layout is versioned by ``FORMAT``.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
@@ -196,6 +197,8 @@ class Profile:
     membership: dict[str, int] = field(default_factory=dict)
     #: When the answer of some active segment can next change by time alone.
     next_wake_us: int | None = None
+    #: The segment whose answer changes at ``next_wake_us``.
+    next_wake_segment: str | None = None
     #: Rule fields (``signal.x``, ``attribute.y``) whose value changed since
     #: the profile was loaded; not stored.
     touched: set[str] = field(default_factory=set, compare=False)
@@ -232,6 +235,7 @@ class Profile:
             document["m"] = self.membership
         if self.next_wake_us is not None:
             document["n"] = _pack(self.next_wake_us)
+            document["ns"] = self.next_wake_segment
         return orjson.dumps(document)
 
     @classmethod
@@ -258,6 +262,7 @@ class Profile:
             seen={k: v * US for k, v in document.get("s", {}).items()},
             membership=document.get("m", {}),
             next_wake_us=None if wake is None else _unpack(wake),
+            next_wake_segment=document.get("ns"),
         )
 
     @property
@@ -413,15 +418,12 @@ class Profile:
     # -- read-out --------------------------------------------------------------
 
     def view(self, tenant_id: str, contact_id: str, tz: ZoneInfo) -> ContactView:
-        """The view rules and the API read, in the tenant's time zone."""
-        counter_days: dict[Counter, list[tuple[date, int]]] = {}
-        for counter, code in _COUNTER_CODES.items():
-            per_day: dict[date, int] = {}
-            for slot, n in self.counters.get(code, {}).items():
-                day = slot_local_date(slot, tz)
-                per_day[day] = per_day.get(day, 0) + n
-            if per_day:
-                counter_days[counter] = sorted(per_day.items())
+        """The view rules and the API read, in the tenant's time zone.
+
+        Dates and counter days are converted when a rule first reads them: a
+        contact is re-evaluated on every change, and most rules read a few of
+        its 32 signals.
+        """
         strings: dict[str, str] = {}
         for code, name in ((_SOURCE, "contact_source"), (_CHANNEL, "channel_type")):
             if code in self.latest:
@@ -435,18 +437,84 @@ class Profile:
         return ContactView(
             tenant_id=tenant_id,
             contact_id=contact_id,
-            dates={
-                name: from_us(self.dates[code])
-                for name, code in _DATE_CODES.items()
-                if code in self.dates
-            },
+            dates=_Dates(self.dates),
             strings=strings,
-            counter_days=counter_days,
+            counter_days=_CounterDays(self.counters, tz),
             attributes=self.current_attributes(),
         )
 
     def current_attributes(self) -> dict[str, AttributeValue]:
         return {k: v[2] for k, v in self.attributes.items() if v[2] is not None}
+
+
+class _Dates(Mapping[str, datetime]):
+    """Date signals by name, as instants, converted on first read."""
+
+    __slots__ = ("_by_code", "_cache")
+
+    def __init__(self, by_code: dict[str, int]) -> None:
+        self._by_code = by_code
+        self._cache: dict[str, datetime] = {}
+
+    def __getitem__(self, name: str) -> datetime:
+        cached = self._cache.get(name)
+        if cached is None:
+            cached = from_us(self._by_code[_DATE_CODES[name]])
+            self._cache[name] = cached
+        return cached
+
+    def get(self, name: str, default: Any = None) -> Any:
+        code = _DATE_CODES.get(name)
+        if code is None or code not in self._by_code:
+            return default
+        return self[name]
+
+    def __contains__(self, name: object) -> bool:
+        code = _DATE_CODES.get(name) if isinstance(name, str) else None
+        return code is not None and code in self._by_code
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, code in _DATE_CODES.items() if code in self._by_code)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _CounterDays(Mapping[Counter, Sequence[tuple[date, int]]]):
+    """Per counter, ``(local date, count)`` in the tenant's zone, on first read."""
+
+    __slots__ = ("_by_code", "_cache", "_tz")
+
+    def __init__(self, by_code: dict[str, dict[int, int]], tz: ZoneInfo) -> None:
+        self._by_code = by_code
+        self._tz = tz
+        self._cache: dict[Counter, list[tuple[date, int]]] = {}
+
+    def __getitem__(self, counter: Counter) -> list[tuple[date, int]]:
+        cached = self._cache.get(counter)
+        if cached is None:
+            slots = self._by_code.get(_COUNTER_CODES[counter])
+            if not slots:
+                raise KeyError(counter)
+            per_day: dict[date, int] = {}
+            for slot, n in slots.items():
+                day = slot_local_date(slot, self._tz)
+                per_day[day] = per_day.get(day, 0) + n
+            cached = sorted(per_day.items())
+            self._cache[counter] = cached
+        return cached
+
+    def get(self, counter: Counter, default: Any = None) -> Any:
+        try:
+            return self[counter]
+        except KeyError:
+            return default
+
+    def __iter__(self) -> Iterator[Counter]:
+        return (c for c, code in _COUNTER_CODES.items() if self._by_code.get(code))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def signals_json(view: ContactView, today: date) -> dict[str, str | int | None]:

@@ -21,11 +21,14 @@ Kafka offsets only after ``update`` returns.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from schemas.events import Event
 from segments.membership import (
@@ -42,6 +45,7 @@ from signals.errors import StoreError
 from signals.keys import ContactRef
 from signals.profile import Profile
 from signals.store import ContactWrite, Finished, Store
+from signals.view import ContactView
 from signals.windows import local_date_us
 from streams.metrics import Metrics
 
@@ -50,6 +54,10 @@ logger = logging.getLogger(__name__)
 #: How often a contact that keeps losing compare-and-set races is retried
 #: within one update before the whole batch is retried from the caller.
 MAX_ATTEMPTS = 8
+
+#: Most boundaries one contact is walked through in one clock update; beyond
+#: that the wake-up stays due and the next sweep carries on from there.
+MAX_BOUNDARIES = 400
 
 
 class MembershipSink(Protocol):
@@ -116,6 +124,10 @@ class Engine:
         self.clock = clock
         self.dedup_horizon_us = dedup_horizon_us
         self.metrics = metrics or Metrics()
+        # Updates of one worker run one at a time: an outbox being published
+        # is never picked up again by this worker's clock sweep or a backfill
+        # (workers still race each other; compare-and-set settles that).
+        self._serial = asyncio.Lock()
 
     async def now_us(self) -> int:
         """Current "now", refreshing the shared manual clock first."""
@@ -136,6 +148,17 @@ class Engine:
         ``only`` restricts evaluation to one segment (a backfill); ``drop``
         ends one segment's memberships (a deletion).
         """
+        async with self._serial:
+            return await self._update(work, reason=reason, only=only, drop=drop)
+
+    async def _update(
+        self,
+        work: Mapping[ContactRef, Sequence[Event]],
+        *,
+        reason: Reason,
+        only: Segment | None,
+        drop: Segment | None,
+    ) -> Outcome:
         outcome = Outcome()
         staged: dict[ContactRef, _Staged] = {}
         pending = list(work)
@@ -194,8 +217,6 @@ class Engine:
                 view = profile.view(ref.tenant_id, ref.contact_id, tz)
                 today = local_date_us(now, tz)
                 at = now
-                if reason == "clock" and profile.next_wake_us is not None:
-                    at = min(profile.next_wake_us, now)
                 changes: list[Change] = []
                 membership_before = len(profile.membership)
                 if drop is not None:
@@ -210,18 +231,33 @@ class Engine:
                     )
                     changes += [gone] if gone else []
                     profile.membership.pop(drop.id, None)
-                segments = (only,) if only is not None else tenant.active
-                changes += evaluate(
-                    profile,
-                    view,
-                    segments,
-                    today,
-                    tz,
-                    reason=reason,
-                    at_us=at,
-                    caused_by=caused_by,
+                # Everything, unless only some rules read what the events changed.
+                affected = self._affected(
+                    profile, stored_version, tenant.active, now, reason
                 )
-                wake = next_wake(view, tenant.active, today, tz)
+                if only is not None:
+                    segments: Sequence[Segment] = (only,)
+                else:
+                    segments = tenant.active if affected is None else affected
+                if reason == "clock":
+                    walked, wake, wake_segment = self._walk_boundaries(
+                        profile, view, segments, now, tz
+                    )
+                    changes += walked
+                else:
+                    changes += evaluate(
+                        profile,
+                        view,
+                        segments,
+                        today,
+                        tz,
+                        reason=reason,
+                        at_us=at,
+                        caused_by=caused_by,
+                    )
+                    wake, wake_segment = self._next_wake(
+                        profile, view, tenant.active, affected, today, tz
+                    )
                 outbox = pending_outbox + [c.payload() for c in changes]
                 needs_write = (
                     changed
@@ -231,6 +267,7 @@ class Engine:
                 )
                 if needs_write:
                     profile.next_wake_us = wake
+                    profile.next_wake_segment = wake_segment
                     profile.version = stored_version + 1
                     raw = encode_outbox(outbox)
                     writes.append(
@@ -294,6 +331,89 @@ class Engine:
         m.write_conflicts.inc(len(conflicts))
 
     @staticmethod
+    def _walk_boundaries(
+        profile: Profile,
+        view: ContactView,
+        active: Sequence[Segment],
+        now: int,
+        tz: ZoneInfo,
+    ) -> tuple[list[Change], int | None, str | None]:
+        """Clock changes at every boundary passed since the last evaluation.
+
+        The contact is evaluated at its wake-up instant, then at the next one,
+        and so on up to "now", so a clock that jumps over several boundaries
+        (a worker down for a day, the test clock moved a week) still publishes
+        every change, in order, each with the instant it happened as ``at``.
+        """
+        changes: list[Change] = []
+        point = profile.next_wake_us
+        if point is None or point > now:
+            point = now
+        wake: int | None = None
+        which: str | None = None
+        for _boundary in range(MAX_BOUNDARIES):
+            day = local_date_us(point, tz)
+            changes += evaluate(
+                profile,
+                view,
+                active,
+                day,
+                tz,
+                reason="clock",
+                at_us=point,
+                caused_by=None,
+            )
+            wake, which = next_wake(view, active, day, tz)
+            if wake is None or wake > now:
+                break
+            point = wake
+        return changes, wake, which
+
+    @staticmethod
+    def _affected(
+        profile: Profile,
+        stored_version: int,
+        active: Sequence[Segment],
+        now: int,
+        reason: Reason,
+    ) -> list[Segment] | None:
+        """The segments whose rules read what the events changed; None for all.
+
+        All are evaluated for anything but events, for a new contact, and once
+        a wake-up instant has passed (time alone may have changed any answer).
+        """
+        if reason != "event" or stored_version == 0:
+            return None
+        if profile.next_wake_us is not None and profile.next_wake_us <= now:
+            return None
+        touched = profile.touched
+        return [s for s in active if not s.fields.isdisjoint(touched)]
+
+    @staticmethod
+    def _next_wake(
+        profile: Profile,
+        view: ContactView,
+        active: Sequence[Segment],
+        affected: list[Segment] | None,
+        today: date,
+        tz: ZoneInfo,
+    ) -> tuple[int | None, str | None]:
+        """The next wake-up, recomputing only what the events can have moved.
+
+        The stored wake-up is the minimum over all segments; if the segment
+        that set it is unaffected it still holds, and the minimum with the
+        affected segments' new instants is the new one.
+        """
+        ids = {s.id for s in affected} if affected is not None else None
+        if ids is None or profile.next_wake_segment in ids:
+            return next_wake(view, active, today, tz)
+        wake, which = next_wake(view, affected or (), today, tz)
+        stored = profile.next_wake_us
+        if stored is not None and (wake is None or stored <= wake):
+            return stored, profile.next_wake_segment
+        return wake, which
+
+    @staticmethod
     def _must_evaluate(
         profile: Profile,
         stored_version: int,
@@ -325,6 +445,9 @@ class Engine:
             outcome.published = len(records)
             for item in records:
                 self.metrics.membership_changes.labels(item["reason"]).inc()
+        await self._finish(staged)
+
+    async def _finish(self, staged: Mapping[ContactRef, _Staged]) -> None:
         finished = []
         for ref, s in staged.items():
             last: dict[str, str] = {}

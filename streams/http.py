@@ -301,12 +301,7 @@ class Api:
     async def preview(self, request: web.Request) -> web.Response:
         tenant_id = self._tenant_id(request)
         body: PreviewBody = self._model(PreviewBody, await self._body(request))
-        try:
-            rule = parse_rule(body.rule)
-        except RuleError as exc:
-            raise RuleError(
-                f"rule.{exc.path}" if exc.path else "rule", exc.message
-            ) from exc
+        rule = parse_rule(body.rule)  # its error paths start at `rule`
         report = await self.ops.preview(tenant_id, rule, body.limit)
         return _json(
             {
