@@ -113,14 +113,14 @@ class Tenant:
     timezone: str = "UTC"
     segment_limit: int | None = None
     segments: Mapping[str, Segment] = field(default_factory=dict)
+    #: Derived once (read on every update): the zone and the active segments.
+    tz: ZoneInfo = field(init=False, compare=False, repr=False)
+    active: tuple[Segment, ...] = field(init=False, compare=False, repr=False)
 
-    @property
-    def tz(self) -> ZoneInfo:
-        return zone(self.timezone)
-
-    @property
-    def active(self) -> tuple[Segment, ...]:
-        return tuple(s for s in self.segments.values() if s.kind == "active")
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tz", zone(self.timezone))
+        active = tuple(s for s in self.segments.values() if s.kind == "active")
+        object.__setattr__(self, "active", active)
 
     def to_json(self, default_limit: int) -> dict[str, Any]:
         return {
