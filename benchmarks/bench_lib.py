@@ -260,6 +260,43 @@ class GroupWatch:
         return sum(min(max(committed.get(tp, 0), 0), end) for tp, end in ends.items())
 
 
+async def read_range(
+    bootstrap: str, start: dict[TopicPartition, int], end: dict[TopicPartition, int]
+) -> list[tuple[int, bytes]]:
+    """(timestamp ms, value) of every record from ``start`` (default 0) up to
+    ``end`` of each partition in ``end``."""
+    wanted = {tp: off for tp, off in end.items() if off > start.get(tp, 0)}
+    if not wanted:
+        return []
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    out: list[tuple[int, bytes]] = []
+    try:
+        consumer.assign(list(wanted))
+        for tp in wanted:
+            consumer.seek(tp, start.get(tp, 0))
+        left = set(wanted)
+        deadline = time.monotonic() + 300
+        while left:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {sorted(map(str, left))}")
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for tp, records in batch.items():
+                for r in records:
+                    if r.offset < wanted[tp]:
+                        out.append((r.timestamp, r.value))
+                if tp in left and await consumer.position(tp) >= wanted[tp]:
+                    left.discard(tp)
+                    consumer.pause(tp)
+        return out
+    finally:
+        await consumer.stop()
+
+
 async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> list[str]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()

@@ -51,6 +51,7 @@ from bench_lib import (
     log,
     machine_busy,
     percentile,
+    read_range,
     redis_snapshot,
     sweep_lines,
     unlink_prefix,
@@ -148,12 +149,29 @@ def _all_assigned(workers: list[WorkerProc]) -> bool:
     return True
 
 
-async def _topic_total(ctx: Context, topic: str) -> int:
+async def _topic_ends(ctx: Context, topic: str) -> dict[TopicPartition, int]:
+    """End offsets of ``topic``; empty if it does not exist (yet)."""
     try:
-        ends = await asyncio.wait_for(end_offsets(ctx.services.bootstrap, [topic]), 5)
+        return await asyncio.wait_for(end_offsets(ctx.services.bootstrap, [topic]), 5)
     except TimeoutError:
-        return 0
-    return sum(ends.values())
+        return {}
+
+
+def membership_summary(records: list[tuple[int, bytes]]) -> dict[str, Any]:
+    """Records, distinct ``event_id``s (a repeat is a re-publication of the same
+    change: delivery is at least once), and records per reason."""
+    ids: set[str] = set()
+    reasons: dict[str, int] = {}
+    for _, value in records:
+        record = orjson.loads(value)
+        ids.add(record["event_id"])
+        reasons[record["reason"]] = reasons.get(record["reason"], 0) + 1
+    return {
+        "records": len(records),
+        "distinct": len(ids),
+        "repeated": len(records) - len(ids),
+        "by_reason": reasons,
+    }
 
 
 async def _profile_sample(redis: Redis, prefix: str) -> dict[str, Any]:
@@ -191,8 +209,8 @@ async def drain_run(
     redis = Redis.from_url(ctx.redis_url)
     membership_topic = ctx.data_prefix + MEMBERSHIP_TOPIC
     deadletter_topic = ctx.data_prefix + DEADLETTER_TOPIC
-    membership_before = await _topic_total(ctx, membership_topic)
-    deadletters_before = await _topic_total(ctx, deadletter_topic)
+    membership_before = await _topic_ends(ctx, membership_topic)
+    deadletters_before = sum((await _topic_ends(ctx, deadletter_topic)).values())
     workers = [
         WorkerProc(
             ctx.services,
@@ -263,8 +281,17 @@ async def drain_run(
                 )
         server = start["redis"].delta(end["redis"])
         cpu = sum(e - s for s, e in zip(start["cpu"], end["cpu"], strict=True))
-        membership = await _topic_total(ctx, membership_topic) - membership_before
-        deadletters = await _topic_total(ctx, deadletter_topic) - deadletters_before
+        membership = membership_summary(
+            await read_range(
+                ctx.services.bootstrap,
+                membership_before,
+                await _topic_ends(ctx, membership_topic),
+            )
+        )
+        deadletters = (
+            sum((await _topic_ends(ctx, deadletter_topic)).values())
+            - deadletters_before
+        )
         result.update(
             {
                 "seconds": round(seconds, 3),
@@ -291,7 +318,9 @@ async def drain_run(
                 "redis_server_calls_by_name_per_event": {
                     k: round(v / window, 4) for k, v in server["per_command"].items()
                 },
-                "membership_records_per_event": membership / total,
+                "membership_records_per_event": membership["records"] / total,
+                "membership_repeated_records": membership["repeated"],
+                "membership_by_reason": membership["by_reason"],
                 "dead_letters": deadletters,
                 "worker_rss_mib": [round(r / 2**20, 1) for r in rss],
                 "per_worker_records": [sum(n for _, n, _ in per) for per in lines],
@@ -447,14 +476,19 @@ async def latency(
         finally:
             await watch.close()
         await _settle_reader(collector)
-        latencies: list[float] = []
-        changes = 0
+        # A subscriber deduplicates by event_id: the first delivery counts.
+        first: dict[str, tuple[int, str | None, str]] = {}
         for ts, value in collector.records:
             record = orjson.loads(value)
-            changes += 1
-            cause = record.get("caused_by")
-            if record.get("reason") == "event" and cause in sent:
-                latencies.append(float(ts - sent[cause]))
+            seen = first.get(record["event_id"])
+            if seen is None or ts < seen[0]:
+                first[record["event_id"]] = (ts, record["caused_by"], record["reason"])
+        changes = len(collector.records)
+        latencies = [
+            float(ts - sent[cause])
+            for ts, cause, reason in first.values()
+            if reason == "event" and cause in sent
+        ]
         if not latencies:
             raise RuntimeError("no membership record matched an event")
         return {
@@ -462,6 +496,7 @@ async def latency(
             "rate_achieved": count / publish_s,
             "events": count,
             "membership_records": changes,
+            "membership_repeated_records": changes - len(first),
             "matched": len(latencies),
             "matched_share_of_events": len(latencies) / count,
             "p50_ms": percentile(latencies, 50),
@@ -630,6 +665,8 @@ async def clock_boundary(ctx: Context, boundaries: int) -> list[dict[str, Any]]:
                     "expected_changers": changers[r],
                     "seconds": (last / 1000 - t0) if clock_records else 0.0,
                     "changes": len(clock_records),
+                    "repeated_records": len(clock_records)
+                    - len({v["event_id"] for _, v in clock_records}),
                     "changed_contacts": len(
                         {v["contact_id"] for _, v in clock_records}
                     ),

@@ -782,6 +782,10 @@ def render(bench: Bench, targets: list[dict[str, Any]]) -> str:
         bench.series("throughput", "membership_records_per_event"),
         3,
     )
+    row(
+        "  of which repeats of an event_id already published",
+        bench.series("throughput", "membership_repeated_records"),
+    )
     row("dead letters", bench.series("throughput", "dead_letters"))
     row(
         "machine CPUs busy during the drain (share of all CPU time)",
@@ -812,6 +816,10 @@ def render(bench: Bench, targets: list[dict[str, Any]]) -> str:
     row("achieved rate events/s", bench.series("latency", "rate_achieved"))
     row("events", bench.series("latency", "events"))
     row("membership records", bench.series("latency", "membership_records"))
+    row(
+        "  repeats of an event_id (ignored: first delivery counts)",
+        bench.series("latency", "membership_repeated_records"),
+    )
     row("  matched to an event by caused_by", bench.series("latency", "matched"))
     row(
         "  matched / events sent",
@@ -881,14 +889,15 @@ def render(bench: Bench, targets: list[dict[str, Any]]) -> str:
     if res["clock"]:
         add(
             "| boundary | contacts | changes | changed contacts | touched (due "
-            "wake-ups) | touched (sweep log) | seconds |"
+            "wake-ups) | touched (sweep log) | repeated records | seconds |"
         )
-        add("| --- | --- | --- | --- | --- | --- | --- |")
+        add("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for c in res["clock"]:
             add(
                 f"| {c['boundary']} | {c['contacts']:,} | {c['changes']:,} | "
                 f"{c['changed_contacts']:,} | {c['touched_due_wakeups']:,} | "
-                f"{c['touched_from_log']:,} | {c['seconds']:.2f} |"
+                f"{c['touched_from_log']:,} | {c['repeated_records']:,} | "
+                f"{c['seconds']:.2f} |"
             )
     else:
         add("Not measured.")
