@@ -7,6 +7,7 @@ depends on the storage format.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -37,9 +38,22 @@ class ContactView:
         default_factory=dict
     )
     attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    #: Per counter, its days and the running totals from each day to the last;
+    #: built on first use, since rules ask for counts on many candidate days.
+    _suffix: dict[Counter, tuple[list[date], list[int]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def count(self, signal: str, today: date) -> int:
         """The value of a counter signal such as ``links_clicked_7d`` on ``today``."""
         counter, days = COUNT_SIGNALS[signal]
-        start = window_start(today, days)
-        return sum(n for day, n in self.counter_days.get(counter, ()) if day >= start)
+        cached = self._suffix.get(counter)
+        if cached is None:
+            per_day = sorted(self.counter_days.get(counter, ()))
+            totals = [0] * (len(per_day) + 1)
+            for i in range(len(per_day) - 1, -1, -1):
+                totals[i] = totals[i + 1] + per_day[i][1]
+            cached = ([day for day, _ in per_day], totals)
+            self._suffix[counter] = cached
+        day_list, totals = cached
+        return totals[bisect_left(day_list, window_start(today, days))]
