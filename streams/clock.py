@@ -49,12 +49,16 @@ class ClockSweeper:
         for shard in range(WAKE_SHARDS):
             # Bounded: each round moves every contact it read off "due now".
             for _round in range(10_000):
-                due = await self.store.due(shard, now, self.chunk)
-                if not due:
-                    break
-                outcome: Outcome = await self.engine.update(
-                    {ref: [] for ref, _ in due}, reason="clock"
-                )
+                # Under the engine's lock: no update of this worker is half
+                # way, so a wake-up due "now" because of an unpublished outbox
+                # is a crashed writer's, not one still publishing.
+                async with self.engine.exclusive():
+                    due = await self.store.due(shard, now, self.chunk)
+                    if not due:
+                        break
+                    outcome: Outcome = await self.engine.update_exclusive(
+                        {ref: [] for ref, _ in due}, reason="clock"
+                    )
                 stats.touched += len(due)
                 stats.changes += len(outcome.changes)
                 if len(due) < self.chunk:

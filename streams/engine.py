@@ -149,16 +149,23 @@ class Engine:
         ends one segment's memberships (a deletion).
         """
         async with self._serial:
-            return await self._update(work, reason=reason, only=only, drop=drop)
+            return await self.update_exclusive(
+                work, reason=reason, only=only, drop=drop
+            )
 
-    async def _update(
+    def exclusive(self) -> asyncio.Lock:
+        """Hold this to read wake-ups and update without another update between."""
+        return self._serial
+
+    async def update_exclusive(
         self,
         work: Mapping[ContactRef, Sequence[Event]],
         *,
         reason: Reason,
-        only: Segment | None,
-        drop: Segment | None,
+        only: Segment | None = None,
+        drop: Segment | None = None,
     ) -> Outcome:
+        """``update`` for a caller that already holds ``exclusive()``."""
         outcome = Outcome()
         staged: dict[ContactRef, _Staged] = {}
         pending = list(work)
