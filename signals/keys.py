@@ -6,7 +6,8 @@ slot, so a Lua script may touch them together.
 ========================================  ========  ==============================
 key                                       type      holds
 ========================================  ========  ==============================
-``<p>:c:{<tenant>:<contact>}``            string    ``<version>|<profile JSON>``
+``<p>:c:{<tenant>:<contact>}``            string    ``<version>|<profile>`` (DEFLATEd
+                                                    JSON, ``signals.profile``)
 ``<p>:o:{<tenant>:<contact>}``            string    membership changes written but
                                                     not yet acknowledged by Kafka
 ``<p>:w:{<shard>}``                       zset      wake-ups: ``tenant:contact`` by

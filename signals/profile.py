@@ -24,6 +24,7 @@ stored layout is versioned by ``FORMAT``.
 from __future__ import annotations
 
 import bisect
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -119,6 +120,40 @@ _COUNTER_FIELDS: Final = {
 
 #: (occurred_at in µs, event_id, value): the key that decides "latest".
 Stamped = tuple[int, str, Any]
+
+
+#: A preset dictionary for raw DEFLATE of profile documents: the layout's keys,
+#: typical values and the shape of timestamps, so even a small document
+#: compresses well (about 1,040 B of JSON to about 430 B for the realistic mix
+#: of ``benchmarks/memory_per_contact.py``). Stored documents name their
+#: dictionary by their first byte; a new dictionary takes a new byte and the
+#: old one stays here for as long as documents written with it may exist.
+_ZDICT_V1: Final = (
+    b'"m":{"seg_":1,"seg_":2,"seg_":3,"seg_":4,"seg_":5},"n":17,"ns":"seg_",'
+    b'"s":{"-":17,"-":17},"i":["-4-4-","-","-"],'
+    b'"c":{"r":[19,1083,623,379,811,645,789],"d":[19,1083,624,379],"l":[19,1083],'
+    b'"p":[19,1082]},"b":[17,91323,932042,395886,55334],'
+    b'"a":{"city":[17,1,"Pune"],"plan":[17,2,"gold"],"source":[17,1,"import"],'
+    b'"language":[17,1,"en"],"email":[17,1,"@gmail.com"],"name":[17,1,""]},'
+    b'"l":{"ch":[17,0,"whatsapp"],"so":[17,1,"api"],"tp":[17,0,["","marketing"]],'
+    b'"cw":[17,0,"https://fb.me/"]},'
+    b'{"f":2,"t":{"fc":17,"mc":17,"mb":17,"cu":17,"ts":17,"cr":17,"rd":17,'
+    b'"lk":17,"rp":17,"ic":17,"ia":17,"oc":17,"oa":17,"ct":17,"fr":17},'
+)
+_ZMARK_V1: Final = b"z"
+
+
+def _compress(document: bytes) -> bytes:
+    """Raw DEFLATE (level 1: CPU is the scarcer resource) with the dictionary."""
+    deflate = zlib.compressobj(1, zlib.DEFLATED, -15, 9, zdict=_ZDICT_V1)
+    return _ZMARK_V1 + deflate.compress(document) + deflate.flush()
+
+
+def _decompress(stored: bytes) -> bytes:
+    if stored[:1] == _ZMARK_V1:
+        inflate = zlib.decompressobj(-15, zdict=_ZDICT_V1)
+        return inflate.decompress(stored[1:]) + inflate.flush()
+    return stored  # plain JSON, as the layout's first version stored it
 
 
 def _pack(instant_us: int) -> int | list[int]:
@@ -236,11 +271,11 @@ class Profile:
         if self.next_wake_us is not None:
             document["n"] = _pack(self.next_wake_us)
             document["ns"] = self.next_wake_segment
-        return orjson.dumps(document)
+        return _compress(orjson.dumps(document))
 
     @classmethod
     def decode(cls, raw: bytes, version: int) -> Profile:
-        document = orjson.loads(raw)
+        document = orjson.loads(_decompress(raw))
         ids = document.get("i", [])
 
         def stamped(v: list[Any]) -> Stamped:
