@@ -375,7 +375,8 @@ class Run:
         running = [n for n in c.nodes if n.alive]
         if not running:
             return
-        node = self._pick(running)
+        # A paused worker is left paused: its pause is a fault of its own.
+        node = self._pick([n for n in running if not n.paused] or running)
         await self._kill(node)
         c.restart_soon(node, self.rng.uniform(0.0, 1.5))
 
