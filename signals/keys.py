@@ -20,6 +20,8 @@ key                                       type      holds
 ``<p>:t:{<tenant>}:segments``             hash      segment id -> definition JSON
 ``<p>:m:{<tenant>:<segment>}``            set       members of a segment (index)
 ``<p>:tenants``                           set       tenants with settings/segments
+``<p>:dl:{<topic>|<kind>}:<partition>``   string    highest input offset whose dead
+                                                    letter Kafka acknowledged
 ``<p>:epoch``                             string    bumped on every definition or
                                                     tenant change; workers reload
 ``<p>:clock``                             string    the manual test clock (µs)
@@ -98,6 +100,9 @@ class Keys:
 
     def tenant_segments(self, tenant_id: str) -> str:
         return f"{self.prefix}:t:{{{tenant_id}}}:segments"
+
+    def deadletter_mark(self, topic: str, partition: int) -> str:
+        return f"{self.prefix}:dl:{{{topic}}}:{partition}"
 
     def members(self, tenant_id: str, segment_id: str) -> str:
         return f"{self.prefix}:m:{{{tenant_id}:{segment_id}}}"

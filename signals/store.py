@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -80,6 +80,12 @@ for i = 1, #ARGV, 3 do
   end
 end
 return applied
+"""
+
+_SET_MAX = """
+local stored = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > stored then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
 """
 
 _SET_CLOCK = """
@@ -136,6 +142,7 @@ class Store:
             "clear": _CLEAR_OUTBOX,
             "wake": _WAKE_SET,
             "clock": _SET_CLOCK,
+            "max": _SET_MAX,
         }
         self._sha: dict[str, str] = {}
 
@@ -224,22 +231,45 @@ class Store:
         """Clear acknowledged outboxes, index members, move wake-ups on."""
         if not done:
             return
-        # Only the writer whose outbox is still the stored one indexes it: a
-        # later writer has taken these records into its own outbox and will
-        # index the final state itself, so the index never goes backwards.
+        # 1. Only the writer whose outbox is still the stored one indexes it: a
+        #    later writer has taken these records into its own outbox and will
+        #    index the final state itself, so the index never goes backwards.
         pipe = self.redis.pipeline(transaction=False)
         for f in done:
-            pipe.evalsha(self._sha["clear"], 1, self.keys.outbox(f.ref), f.outbox)
-        cleared = await self._execute(pipe)
+            pipe.get(self.keys.outbox(f.ref))
+        stored = await self._execute(pipe)
+        mine = [f for f, raw in zip(done, stored, strict=True) if raw == f.outbox]
+
+        # 2. Index before clearing: a crash in between leaves the outbox, whose
+        #    next publication indexes again (the index updates are idempotent).
         pipe = self.redis.pipeline(transaction=False)
-        mine = [f for f, ok in zip(done, cleared, strict=True) if ok]
         for f in mine:
             contact = f.ref.contact_id
             for segment_id in f.entered:
                 pipe.sadd(self.keys.members(f.ref.tenant_id, segment_id), contact)
             for segment_id in f.exited:
                 pipe.srem(self.keys.members(f.ref.tenant_id, segment_id), contact)
+            pipe.evalsha(self._sha["clear"], 1, self.keys.outbox(f.ref), f.outbox)
         self._queue_wakeups(pipe, ((f.ref, 2 * f.version + 1, f.wake_us) for f in mine))
+        await self._execute(pipe)
+
+    # -- dead letters ------------------------------------------------------------
+
+    async def deadletter_marks(
+        self, partitions: Sequence[tuple[str, int]]
+    ) -> list[int]:
+        """Per input partition, the highest offset already dead-lettered (-1)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for topic, partition in partitions:
+            pipe.get(self.keys.deadletter_mark(topic, partition))
+        return [int(v) if v is not None else -1 for v in await self._execute(pipe)]
+
+    async def set_deadletter_marks(self, marks: Mapping[tuple[str, int], int]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for (topic, partition), offset in marks.items():
+            pipe.evalsha(
+                self._sha["max"], 1, self.keys.deadletter_mark(topic, partition), offset
+            )
         await self._execute(pipe)
 
     def _queue_wakeups(

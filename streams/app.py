@@ -82,7 +82,7 @@ class Components:
         return {
             "redis": redis_ok,
             "kafka": self.ingest.running,
-            "partitions_assigned": bool(self.ingest.assigned),
+            "group_joined": self.ingest.joined,
         }
 
 
@@ -158,6 +158,8 @@ def create_app(settings: Settings | None = None) -> tuple[Any, Components]:
         f"{settings.consumer_group}-control",
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         broker_credentials=_faust_credentials(settings),
+        broker_session_timeout=settings.kafka_session_timeout_seconds,
+        broker_heartbeat_interval=settings.kafka_session_timeout_seconds / 3,
         web_enabled=False,
         topic_disable_leader=False,
         topic_replication_factor=1,

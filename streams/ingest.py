@@ -92,6 +92,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         logger.info("Partitions assigned: %s", _describe(assigned) or "none")
         self.ingest.assigned = set(assigned)
+        self.ingest.joined = True
 
 
 def _describe(partitions: set[TopicPartition]) -> str:
@@ -119,6 +120,9 @@ class Ingest:
         self.on_batch = on_batch
         self.batch_lock = asyncio.Lock()
         self.assigned: set[TopicPartition] = set()
+        #: True once the group gave this worker an assignment (maybe empty:
+        #: more workers than partitions leaves some idle, and that is fine).
+        self.joined = False
         self.skew_us = int(settings.max_clock_skew_seconds * US)
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = False
@@ -144,6 +148,10 @@ class Ingest:
             max_poll_records=settings.batch_max_records,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=int(settings.kafka_session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(
+                settings.kafka_session_timeout_seconds * 1000 / 3
+            ),
         )
         topics = input_topics(self.settings)
         self.consumer.subscribe(topics, listener=_Rebalance(self))
@@ -214,17 +222,10 @@ class Ingest:
                         "processing",
                     )
                 )
-        for letter in letters:
-            self.engine.metrics.dead_letters.labels(letter.kind).inc()
         if letters:
-            await self.retry.call(
-                "publishing dead letters",
-                lambda: self.publisher.publish_deadletters(
-                    [d.record() for d in letters]
-                ),
+            stats.dead_letters = await self.retry.call(
+                "publishing dead letters", lambda: self._dead_letter(letters)
             )
-            stats.dead_letters = len(letters)
-            logger.debug("%d records dead-lettered", len(letters))
 
         # 3. Apply. A failure that retrying cannot fix is isolated per contact.
         if work:
@@ -243,6 +244,38 @@ class Ingest:
             (time.perf_counter() - started) * 1000,
         )
         return stats
+
+    async def _dead_letter(self, letters: list[DeadLetter]) -> int:
+        """Publish dead letters once, even when their batch is replayed.
+
+        Each input partition keeps the highest offset whose dead letter Kafka
+        acknowledged (one mark for invalid records, one for processing
+        failures); a replayed batch (after a crash, a rebalance, a group
+        reset) skips what is at or below it. Only a crash between Kafka's
+        acknowledgement and that mark's update can repeat a dead letter.
+        """
+
+        # Invalid records and processing failures of one batch are published
+        # in two steps, each in offset order: each keeps its own marks.
+        def mark(d: DeadLetter) -> tuple[str, int]:
+            group = "processing" if d.kind == "processing" else "invalid"
+            return f"{d.topic}|{group}", d.partition
+
+        partitions = sorted({mark(d) for d in letters})
+        stored = await self.engine.store.deadletter_marks(partitions)
+        marks = dict(zip(partitions, stored, strict=True))
+        fresh = [d for d in letters if d.offset > marks[mark(d)]]
+        if not fresh:
+            return 0
+        await self.publisher.publish_deadletters([d.record() for d in fresh])
+        highest: dict[tuple[str, int], int] = {}
+        for d in fresh:
+            key = mark(d)
+            highest[key] = max(highest.get(key, -1), d.offset)
+            self.engine.metrics.dead_letters.labels(d.kind).inc()
+        await self.engine.store.set_deadletter_marks(highest)
+        logger.debug("%d records dead-lettered", len(fresh))
+        return len(fresh)
 
     def _validate(self, value: bytes | None, now_us: int) -> Event:
         if value is None:
@@ -284,12 +317,9 @@ class Ingest:
                 letters = origins[ref]
                 for letter in letters:
                     letter.reason = f"processing failed: {exc!r}"
-                self.engine.metrics.dead_letters.labels("processing").inc(len(letters))
                 await self.retry.call(
                     "publishing dead letters",
-                    lambda ls=letters: self.publisher.publish_deadletters(  # type: ignore[misc]
-                        [d.record() for d in ls]
-                    ),
+                    lambda ls=letters: self._dead_letter(ls),  # type: ignore[misc]
                 )
                 continue
             outcome.applied += one.applied

@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: str | None = Field(
         None, description="Private key of the client certificate."
     )
+    kafka_session_timeout_seconds: float = Field(
+        10,
+        ge=1,
+        le=300,
+        description=(
+            "Consumer-group session timeout: how soon the partitions of a dead "
+            "worker move to the others (and how long a paused one keeps them)."
+        ),
+    )
     topic_prefix: str = Field(
         "", description="Put in front of every topic name, input and output."
     )

@@ -159,4 +159,4 @@ async def test_health_endpoints_need_no_token(worker: WorkerProcess) -> None:
     assert (status, body["status"]) == (200, "ok")
     status, body = await worker.request("GET", "/readyz", token=None)
     assert status == 200
-    assert body["checks"] == {"redis": True, "kafka": True, "partitions_assigned": True}
+    assert body["checks"] == {"redis": True, "kafka": True, "group_joined": True}
