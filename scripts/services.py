@@ -124,6 +124,10 @@ class Layout:
         return self.kafka_dir / "log4j2.yaml"
 
     @property
+    def kafka_tls(self) -> Path:
+        return self.kafka_dir / "tls"
+
+    @property
     def kafka_cluster_id(self) -> Path:
         return self.kafka_dir / "cluster.id"
 
@@ -264,7 +268,7 @@ def pick_ports(count: int, taken: set[int]) -> list[int]:
 
 #: The broker's ports: plain clients, the KRaft controller, and a SASL/PLAIN
 #: listener for the tests of authenticated clients.
-KAFKA_PORT_KEYS: Final = ["port", "controller_port", "sasl_port"]
+KAFKA_PORT_KEYS: Final = ["port", "controller_port", "sasl_port", "ssl_port"]
 #: Test-only SASL/PLAIN credentials of the local broker (never for production).
 KAFKA_SASL_USER: Final = "profilestream"
 KAFKA_SASL_PASSWORD: Final = "profilestream-test-secret"
@@ -293,7 +297,7 @@ def ensure_ports(layout: Layout, services: Sequence[str]) -> Ports:
     return ports
 
 
-def env_lines(ports: Ports, services: Sequence[str]) -> list[str]:
+def env_lines(layout: Layout, ports: Ports, services: Sequence[str]) -> list[str]:
     lines: list[str] = []
     if "kafka" in services and "kafka" in ports:
         value = f"{LOOPBACK}:{ports['kafka']['port']}"
@@ -301,6 +305,11 @@ def env_lines(ports: Ports, services: Sequence[str]) -> list[str]:
         if "sasl_port" in ports["kafka"]:
             value = f"{LOOPBACK}:{ports['kafka']['sasl_port']}"
             lines.append(f"export KAFKA_SASL_BOOTSTRAP={shlex.quote(value)}")
+        ca = layout.kafka_tls / "ca.pem"
+        if "ssl_port" in ports["kafka"] and ca.exists():
+            value = f"{LOOPBACK}:{ports['kafka']['ssl_port']}"
+            lines.append(f"export KAFKA_SSL_BOOTSTRAP={shlex.quote(value)}")
+            lines.append(f"export KAFKA_SSL_CAFILE={shlex.quote(str(ca))}")
     if "redis" in services and "redis" in ports:
         value = f"redis://{LOOPBACK}:{ports['redis']['port']}/0"
         lines.append(f"export REDIS_URL={shlex.quote(value)}")
@@ -308,7 +317,7 @@ def env_lines(ports: Ports, services: Sequence[str]) -> list[str]:
 
 
 def write_env_file(layout: Layout, ports: Ports) -> None:
-    lines = env_lines(ports, SERVICES)
+    lines = env_lines(layout, ports, SERVICES)
     write_atomic(layout.env_file, "".join(f"{line}\n" for line in lines))
 
 
@@ -605,6 +614,19 @@ def kafka_properties(layout: Layout, ports: Ports) -> str:
     port = ports["kafka"]["port"]
     cport = ports["kafka"]["controller_port"]
     sport = ports["kafka"]["sasl_port"]
+    keystore = layout.kafka_tls / "keystore.pem"
+    ssl: dict[str, str] = {}
+    ssl_listener = ssl_advertised = ssl_map = ""
+    if keystore.exists():
+        tport = ports["kafka"]["ssl_port"]
+        ssl_listener = f",SSL://{LOOPBACK}:{tport}"
+        ssl_advertised = f",SSL://{LOOPBACK}:{tport}"
+        ssl_map = ",SSL:SSL"
+        ssl = {
+            "listener.name.ssl.ssl.keystore.type": "PEM",
+            "listener.name.ssl.ssl.keystore.location": str(keystore),
+            "listener.name.ssl.ssl.client.auth": "none",
+        }
     jaas = (
         "org.apache.kafka.common.security.plain.PlainLoginModule required "
         f'username="{KAFKA_SASL_USER}" password="{KAFKA_SASL_PASSWORD}" '
@@ -616,17 +638,20 @@ def kafka_properties(layout: Layout, ports: Ports) -> str:
         "controller.quorum.voters": f"1@{LOOPBACK}:{cport}",
         "listeners": (
             f"PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{cport},"
-            f"SASL_PLAINTEXT://{LOOPBACK}:{sport}"
+            f"SASL_PLAINTEXT://{LOOPBACK}:{sport}{ssl_listener}"
         ),
         "advertised.listeners": (
             f"PLAINTEXT://{LOOPBACK}:{port},SASL_PLAINTEXT://{LOOPBACK}:{sport}"
+            f"{ssl_advertised}"
         ),
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": (
             "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+            f"{ssl_map}"
         ),
         "sasl.enabled.mechanisms": "PLAIN",
         "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
+        **ssl,
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(layout.kafka_data),
         "num.partitions": "4",
@@ -677,11 +702,80 @@ def new_cluster_id() -> str:
             return value
 
 
+def ensure_kafka_tls(layout: Layout) -> bool:
+    """A throwaway CA and a PEM keystore for the broker's SSL listener.
+
+    Test-only material, made once per state dir with openssl; without
+    openssl the broker simply has no SSL listener.
+    """
+    tls = layout.kafka_tls
+    keystore, ca = tls / "keystore.pem", tls / "ca.pem"
+    if keystore.exists() and ca.exists():
+        return True
+    if shutil.which("openssl") is None:
+        return False
+    tls.mkdir(parents=True, exist_ok=True)
+    (tls / "ext.cnf").write_text(f"subjectAltName=IP:{LOOPBACK},DNS:localhost\n")
+    steps = [
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=profilestream-test-ca",
+        ],
+        [
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "broker.key",
+            "-out",
+            "broker.csr",
+            "-subj",
+            f"/CN={LOOPBACK}",
+        ],
+        [
+            "x509",
+            "-req",
+            "-in",
+            "broker.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "broker.pem",
+            "-days",
+            "3650",
+            "-extfile",
+            "ext.cnf",
+        ],
+    ]
+    for step in steps:
+        subprocess.run(["openssl", *step], cwd=tls, check=True, capture_output=True)
+    write_atomic(
+        keystore, (tls / "broker.key").read_text() + (tls / "broker.pem").read_text()
+    )
+    return True
+
+
 def start_kafka(layout: Layout, ports: Ports, timeout: float) -> None:
     java = find_java()
     libs = kafka_libs()
     classpath = f"{libs}/*"
     layout.kafka_data.mkdir(parents=True, exist_ok=True)
+    ensure_kafka_tls(layout)
     layout.kafka_properties.write_text(kafka_properties(layout, ports))
     layout.kafka_log4j.write_text(KAFKA_LOG4J2)
     if not (layout.kafka_data / "meta.properties").exists():
@@ -846,7 +940,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     services = selected(args.service)
     with state_lock(layout):
         ports = up(layout, services, args.timeout)
-    for line in env_lines(ports, services):
+    for line in env_lines(layout, ports, services):
         print(line)
     return 0
 
@@ -871,7 +965,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     with state_lock(layout):
         stop(layout, services, hard=False)
         ports = up(layout, services, args.timeout)
-    for line in env_lines(ports, services):
+    for line in env_lines(layout, ports, services):
         print(line)
     return 0
 
@@ -902,7 +996,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_env(args: argparse.Namespace) -> int:
     layout = state_layout()
-    lines = env_lines(load_ports(layout), selected(args.service))
+    lines = env_lines(layout, load_ports(layout), selected(args.service))
     if not lines:
         log(f"no services configured in {layout.root}; run 'services.py up' first")
         return 1

@@ -197,3 +197,29 @@ async def test_a_worker_over_redis_tls(kafka_bootstrap: str, tls_redis: str) -> 
         assert signals["links_clicked_7d"] == 1
     finally:
         await worker.stop()
+
+
+async def test_a_worker_over_kafka_ssl(kafka_bootstrap: str, redis_url: str) -> None:
+    ssl_bootstrap = os.environ.get("KAFKA_SSL_BOOTSTRAP")
+    cafile = os.environ.get("KAFKA_SSL_CAFILE")
+    if not ssl_bootstrap or not cafile:
+        pytest.skip("no SSL listener: KAFKA_SSL_BOOTSTRAP is not set")
+    worker = WorkerProcess(
+        kafka_bootstrap,
+        redis_url,
+        extra_env={
+            "KAFKA_BOOTSTRAP": ssl_bootstrap,
+            "KAFKA_SECURITY_PROTOCOL": "SSL",
+            "KAFKA_SSL_CAFILE": cafile,
+        },
+    )
+    await worker.start()
+    try:
+        tenant = unique("tn")
+        now = await worker.now()
+        await worker.publish([Events(tenant).click("c1", now - timedelta(minutes=1))])
+        await worker.settle()
+        signals = (await worker.contact(tenant, "c1"))["signals"]
+        assert signals["links_clicked_7d"] == 1
+    finally:
+        await worker.stop()
