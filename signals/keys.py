@@ -18,6 +18,8 @@ key                                       type      holds
 ``<p>:t:{<tenant>}:contacts``             set       contact ids of the tenant
 ``<p>:t:{<tenant>}:config``               hash      ``timezone``, ``segment_limit``
 ``<p>:t:{<tenant>}:segments``             hash      segment id -> definition JSON
+``<p>:t:{<tenant>}:progress``             hash      segment id -> ``done/total`` of a
+                                                    backfill, snapshot or deletion
 ``<p>:m:{<tenant>:<segment>}``            set       members of a segment (index)
 ``<p>:tenants``                           set       tenants with settings/segments
 ``<p>:dl:{<topic>|<kind>}:<partition>``   string    highest input offset whose dead
@@ -103,6 +105,9 @@ class Keys:
 
     def deadletter_mark(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:dl:{{{topic}}}:{partition}"
+
+    def tenant_progress(self, tenant_id: str) -> str:
+        return f"{self.prefix}:t:{{{tenant_id}}}:progress"
 
     def members(self, tenant_id: str, segment_id: str) -> str:
         return f"{self.prefix}:m:{{{tenant_id}:{segment_id}}}"

@@ -253,6 +253,27 @@ class Store:
         self._queue_wakeups(pipe, ((f.ref, 2 * f.version + 1, f.wake_us) for f in mine))
         await self._execute(pipe)
 
+    # -- progress of long walks ------------------------------------------------------
+
+    async def set_progress(
+        self, tenant_id: str, segment_id: str, done: int, total: int
+    ) -> None:
+        await self.redis.hset(
+            self.keys.tenant_progress(tenant_id), segment_id, f"{done}/{total}"
+        )
+
+    async def clear_progress(self, tenant_id: str, segment_id: str) -> None:
+        await self.redis.hdel(self.keys.tenant_progress(tenant_id), segment_id)
+
+    async def progress(self, tenant_id: str) -> dict[str, dict[str, int]]:
+        """Segment id -> {"done", "total"} of the walks running now."""
+        raw = await self.redis.hgetall(self.keys.tenant_progress(tenant_id))
+        out = {}
+        for key, value in raw.items():
+            done, _, total = text(value).partition("/")
+            out[text(key)] = {"done": int(done), "total": int(total)}
+        return out
+
     # -- dead letters ------------------------------------------------------------
 
     async def deadletter_marks(

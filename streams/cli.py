@@ -110,14 +110,38 @@ def _print(status: int, data: Any) -> int:
     return 0 if status < 400 else 1
 
 
+async def _create_with_progress(
+    args: argparse.Namespace, base: str, body: Any
+) -> tuple[int, Any]:
+    """POST the segment; while the worker evaluates every contact, poll the
+    list and show the walk's progress on stderr."""
+    request = asyncio.ensure_future(_request(args, "POST", base, body))
+    shown = False
+    while True:
+        done, _ = await asyncio.wait({request}, timeout=1.0)
+        if done:
+            break
+        _, listing = await _request(args, "GET", base)
+        for segment in listing.get("segments", []) if isinstance(listing, dict) else []:
+            progress = segment.get("progress")
+            if progress and segment.get("name") == body.get("name"):
+                sys.stderr.write(
+                    f"\revaluating {progress['done']:,} of {progress['total']:,} "
+                    "contacts"
+                )
+                shown = True
+    if shown:
+        sys.stderr.write("\n")
+    return await request
+
+
 def _segments(args: argparse.Namespace) -> int:
     base = f"/v1/tenants/{args.tenant}/segments"
     if args.action == "list":
         return _print(*asyncio.run(_request(args, "GET", base)))
     if args.action == "create":
         body = orjson.loads(Path(args.file).read_bytes())
-        print("creating and evaluating over every contact...", file=sys.stderr)
-        return _print(*asyncio.run(_request(args, "POST", base, body)))
+        return _print(*asyncio.run(_create_with_progress(args, base, body)))
     if args.action == "preview":
         rule = orjson.loads(Path(args.file).read_bytes())
         rule = rule.get("rule", rule)

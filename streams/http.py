@@ -265,7 +265,14 @@ class Api:
     async def list_segments(self, request: web.Request) -> web.Response:
         tenant = await self.registry.tenant(self._tenant_id(request))
         items = sorted(tenant.segments.values(), key=lambda s: (s.created_at, s.id))
-        return _json({"segments": [s.to_json() for s in items]})
+        running = await self.store.progress(tenant.id)
+        return _json(
+            {
+                "segments": [
+                    {**s.to_json(), "progress": running.get(s.id)} for s in items
+                ]
+            }
+        )
 
     async def get_segment(self, request: web.Request) -> web.Response:
         try:
@@ -274,7 +281,8 @@ class Api:
             )
         except SegmentNotFoundError as exc:
             raise ApiError(404, "not_found", str(exc)) from exc
-        return _json(segment.to_json())
+        running = await self.store.progress(segment.tenant_id)
+        return _json({**segment.to_json(), "progress": running.get(segment.id)})
 
     async def edit_segment(self, request: web.Request) -> web.Response:
         tenant_id = self._tenant_id(request)

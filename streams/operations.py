@@ -36,8 +36,6 @@ CHUNK = 2000
 #: Seconds between progress lines of a long walk.
 PROGRESS_EVERY = 5.0
 
-Progress = Callable[[int, int], None]
-
 
 @dataclass(slots=True)
 class WalkReport:
@@ -77,28 +75,39 @@ class SegmentOperations:
         tenant_id: str,
         what: str,
         step: Callable[[list[ContactRef]], Any],
-        progress: Progress | None,
+        segment_id: str | None,
     ) -> WalkReport:
+        """Run ``step`` over every contact of the tenant, in chunks.
+
+        For a segment's backfill, snapshot or deletion the progress is kept in
+        Redis after each chunk, where ``GET .../segments`` shows it to anyone
+        (the CLI polls it while its request runs), and logged every few
+        seconds.
+        """
         report = WalkReport()
         started = last_log = time.perf_counter()
         total = await self.store.contact_count(tenant_id)
-        async for ids in self.store.contact_ids(tenant_id, CHUNK):
-            refs = [ContactRef(tenant_id, c) for c in ids]
-            await step(refs)
-            report.contacts += len(refs)
-            if progress is not None:
-                progress(report.contacts, total)
-            if time.perf_counter() - last_log > PROGRESS_EVERY:
-                last_log = time.perf_counter()
-                logger.info("%s: %d of %d contacts", what, report.contacts, total)
+        try:
+            async for ids in self.store.contact_ids(tenant_id, CHUNK):
+                refs = [ContactRef(tenant_id, c) for c in ids]
+                await step(refs)
+                report.contacts += len(refs)
+                if segment_id is not None:
+                    await self.store.set_progress(
+                        tenant_id, segment_id, report.contacts, total
+                    )
+                if time.perf_counter() - last_log > PROGRESS_EVERY:
+                    last_log = time.perf_counter()
+                    logger.info("%s: %d of %d contacts", what, report.contacts, total)
+        finally:
+            if segment_id is not None:
+                await self.store.clear_progress(tenant_id, segment_id)
         report.seconds = time.perf_counter() - started
         return report
 
     # -- active segments ---------------------------------------------------------
 
-    async def backfill(
-        self, segment: Segment, progress: Progress | None = None
-    ) -> WalkReport:
+    async def backfill(self, segment: Segment) -> WalkReport:
         report = WalkReport()
 
         async def step(refs: list[ContactRef]) -> None:
@@ -108,7 +117,7 @@ class SegmentOperations:
             _count(report, outcome.changes)
 
         walked = await self._walk(
-            segment.tenant_id, f"Backfill of {segment.id}", step, progress
+            segment.tenant_id, f"Backfill of {segment.id}", step, segment.id
         )
         report.contacts, report.seconds = walked.contacts, walked.seconds
         logger.info(
@@ -124,9 +133,7 @@ class SegmentOperations:
 
     # -- static segments ---------------------------------------------------------
 
-    async def snapshot(
-        self, segment: Segment, progress: Progress | None = None
-    ) -> tuple[Segment, WalkReport]:
+    async def snapshot(self, segment: Segment) -> tuple[Segment, WalkReport]:
         now = await self.engine.now_us()
         tenant = self.engine.cache.tenant(segment.tenant_id)
         await self.engine.cache.refresh(await self.registry.epoch())
@@ -166,7 +173,7 @@ class SegmentOperations:
             report.entered += len(members)
 
         walked = await self._walk(
-            segment.tenant_id, f"Snapshot of {segment.id}", step, progress
+            segment.tenant_id, f"Snapshot of {segment.id}", step, segment.id
         )
         report.contacts, report.seconds = walked.contacts, walked.seconds
         stamped = Segment(
@@ -193,29 +200,26 @@ class SegmentOperations:
     # -- lifecycle ---------------------------------------------------------------
 
     async def create(
-        self, tenant_id: str, spec: SegmentSpec, progress: Progress | None = None
+        self, tenant_id: str, spec: SegmentSpec
     ) -> tuple[Segment, WalkReport]:
         segment = await self.registry.create(tenant_id, spec)
         if segment.kind == "static":
-            return await self.snapshot(segment, progress)
-        return segment, await self.backfill(segment, progress)
+            return await self.snapshot(segment)
+        return segment, await self.backfill(segment)
 
     async def edit(
         self,
         tenant_id: str,
         segment_id: str,
         spec: SegmentSpec,
-        progress: Progress | None = None,
     ) -> tuple[Segment, WalkReport]:
         old = await self.registry.get(tenant_id, segment_id)
         new = await self.registry.edit(tenant_id, segment_id, spec)
         if new.kind == "active" and new.rule != old.rule:
-            return new, await self.backfill(new, progress)
+            return new, await self.backfill(new)
         return new, WalkReport()
 
-    async def delete(
-        self, tenant_id: str, segment_id: str, progress: Progress | None = None
-    ) -> WalkReport:
+    async def delete(self, tenant_id: str, segment_id: str) -> WalkReport:
         segment = await self.registry.delete(tenant_id, segment_id)
         members_key = self.store.keys.members(tenant_id, segment_id)
         if segment.kind == "static":
@@ -257,7 +261,7 @@ class SegmentOperations:
             _count(report, outcome.changes)
 
         walked = await self._walk(
-            tenant_id, f"Deletion of {segment_id}", step, progress
+            tenant_id, f"Deletion of {segment_id}", step, segment_id
         )
         report.contacts, report.seconds = walked.contacts, walked.seconds
         await self.store.redis.delete(members_key)
