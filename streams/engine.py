@@ -203,9 +203,11 @@ class Engine:
                     continue  # no such contact (yet): nothing to evaluate
                 outcome.touched += 1
                 pending_outbox = decode_outbox(loaded.outboxes.get(ref, b""))
-                if not self._must_evaluate(
+                # Everything, unless only some rules read what the events changed.
+                affected = self._affected(
                     profile, stored_version, tenant.active, now, reason
-                ):
+                )
+                if affected == []:
                     # The events changed nothing any rule reads and no
                     # boundary has passed: every answer and the wake-up stand.
                     if changed:
@@ -238,10 +240,6 @@ class Engine:
                     )
                     changes += [gone] if gone else []
                     profile.membership.pop(drop.id, None)
-                # Everything, unless only some rules read what the events changed.
-                affected = self._affected(
-                    profile, stored_version, tenant.active, now, reason
-                )
                 if only is not None:
                     segments: Sequence[Segment] = (only,)
                 else:
@@ -386,8 +384,12 @@ class Engine:
     ) -> list[Segment] | None:
         """The segments whose rules read what the events changed; None for all.
 
-        All are evaluated for anything but events, for a new contact, and once
-        a wake-up instant has passed (time alone may have changed any answer).
+        An answer is a function of the fields its rule reads and of "today",
+        so for a known contact, events that changed none of those fields,
+        before the instant its wake-up names, change nothing (an empty list).
+        All are evaluated for anything but events, for a new contact ("is_not"
+        and friends are true on unset fields), and once a wake-up instant has
+        passed (time alone may have changed any answer).
         """
         if reason != "event" or stored_version == 0:
             return None
@@ -419,29 +421,6 @@ class Engine:
         if stored is not None and (wake is None or stored <= wake):
             return stored, profile.next_wake_segment
         return wake, which
-
-    @staticmethod
-    def _must_evaluate(
-        profile: Profile,
-        stored_version: int,
-        active: Sequence[Segment],
-        now: int,
-        reason: Reason,
-    ) -> bool:
-        """Whether re-evaluating can change an answer or the next wake-up.
-
-        An answer is a function of the fields its rule reads and of "today";
-        so for a known contact, events that changed none of those fields,
-        before any boundary the contact's wake-up names, change nothing. A new
-        contact is always evaluated: "is_not" and friends are true on unset
-        fields.
-        """
-        if reason != "event" or stored_version == 0:
-            return True
-        if profile.next_wake_us is not None and profile.next_wake_us <= now:
-            return True
-        touched = profile.touched
-        return any(not segment.fields.isdisjoint(touched) for segment in active)
 
     async def _publish_and_finish(
         self, staged: Mapping[ContactRef, _Staged], outcome: Outcome

@@ -111,13 +111,11 @@ class Ingest:
         engine: Engine,
         publisher: Publisher,
         retry: RetryPolicy | None = None,
-        on_batch: Any = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.publisher = publisher
         self.retry = retry or RetryPolicy()
-        self.on_batch = on_batch
         self.batch_lock = asyncio.Lock()
         self.assigned: set[TopicPartition] = set()
         #: True once the group gave this worker an assignment (maybe empty:
@@ -176,10 +174,8 @@ class Ingest:
             async with self.batch_lock:
                 if self._stopping:
                     return
-                stats = await self.process(batch)
+                await self.process(batch)
                 await self._commit(batch)
-            if self.on_batch is not None:
-                self.on_batch(stats)
 
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> BatchStats:
         """Steps 1-3 of the module docstring for one ``getmany`` result."""

@@ -135,7 +135,6 @@ class SegmentOperations:
 
     async def snapshot(self, segment: Segment) -> tuple[Segment, WalkReport]:
         now = await self.engine.now_us()
-        tenant = self.engine.cache.tenant(segment.tenant_id)
         await self.engine.cache.refresh(await self.registry.epoch())
         tenant = self.engine.cache.tenant(segment.tenant_id)
         tz = tenant.tz

@@ -29,6 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from services import KAFKA_SASL_PASSWORD, KAFKA_SASL_USER
 
 
+async def assert_a_click_is_applied(worker: WorkerProcess) -> None:
+    """One event in through Kafka, its signal out through the API."""
+    tenant = unique("tn")
+    now = await worker.now()
+    await worker.publish([Events(tenant).click("c1", now - timedelta(minutes=1))])
+    await worker.settle()
+    signals = (await worker.contact(tenant, "c1"))["signals"]
+    assert signals["links_clicked_7d"] == 1
+
+
 @pytest.fixture
 async def acl_user(redis_url: str) -> AsyncIterator[tuple[str, str]]:
     name, password = unique("ps-user-"), uuid.uuid4().hex
@@ -65,12 +75,7 @@ async def test_a_worker_with_sasl_and_a_redis_acl_user(
     )
     await worker.start()
     try:
-        tenant = unique("tn")
-        now = await worker.now()
-        await worker.publish([Events(tenant).click("c1", now - timedelta(minutes=1))])
-        await worker.settle()
-        signals = (await worker.contact(tenant, "c1"))["signals"]
-        assert signals["links_clicked_7d"] == 1
+        await assert_a_click_is_applied(worker)
         clients = await worker.redis.execute_command("CLIENT", "LIST")
         assert f"user={user}".encode() in clients
     finally:
@@ -189,12 +194,7 @@ async def test_a_worker_over_redis_tls(kafka_bootstrap: str, tls_redis: str) -> 
     worker = WorkerProcess(kafka_bootstrap, tls_redis)
     await worker.start()
     try:
-        tenant = unique("tn")
-        now = await worker.now()
-        await worker.publish([Events(tenant).click("c1", now - timedelta(minutes=1))])
-        await worker.settle()
-        signals = (await worker.contact(tenant, "c1"))["signals"]
-        assert signals["links_clicked_7d"] == 1
+        await assert_a_click_is_applied(worker)
     finally:
         await worker.stop()
 
@@ -215,11 +215,6 @@ async def test_a_worker_over_kafka_ssl(kafka_bootstrap: str, redis_url: str) -> 
     )
     await worker.start()
     try:
-        tenant = unique("tn")
-        now = await worker.now()
-        await worker.publish([Events(tenant).click("c1", now - timedelta(minutes=1))])
-        await worker.settle()
-        signals = (await worker.contact(tenant, "c1"))["signals"]
-        assert signals["links_clicked_7d"] == 1
+        await assert_a_click_is_applied(worker)
     finally:
         await worker.stop()
