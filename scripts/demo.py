@@ -64,7 +64,7 @@ async def main() -> int:
         HTTP_PORT=str(port),
         ADMIN_TOKEN=TOKEN,
     )
-    log_path = ROOT / ".services" / f"demo-worker-{run}.log"
+    log_path = ROOT / ".worker-logs" / f"demo-{run}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"starting a worker (log: {log_path})")
     worker = _spawn(env, log_path)

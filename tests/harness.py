@@ -110,7 +110,9 @@ class WorkerProcess:
         self.tokens = tokens or {}
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = ROOT / ".services" / "test-logs" / f"{self.namespace}.log"
+        # Not under .services/: that folder belongs to scripts/services.py,
+        # which refuses a state dir holding files it did not make.
+        self.log_path = ROOT / ".worker-logs" / f"{self.namespace}.log"
         self.redis = Redis.from_url(redis_url)
         self.membership = TopicReader(kafka_bootstrap, self.prefix + MEMBERSHIP_TOPIC)
         self.deadletters = TopicReader(kafka_bootstrap, self.prefix + DEADLETTER_TOPIC)
