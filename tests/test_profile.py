@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import base64
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -13,7 +15,9 @@ from hypothesis import strategies as st
 from schemas.events import Event, parse_event
 from signals.profile import BUSINESS_TIMES_CAP, Profile, signals_json
 from signals.windows import to_us
+from tests.profile_fixtures import canonical
 
+DATA = Path(__file__).parent / "data"
 UTC_ZONE = ZoneInfo("UTC")
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 NOW_US = to_us(NOW)
@@ -244,3 +248,21 @@ def test_the_stored_form_reads_back_identically(history: list[tuple[str, int]],
     again = Profile.decode(profile.encode(), profile.version)
     assert again == profile
     assert again.encode() == profile.encode()
+
+
+def test_documents_stored_in_format_2_still_read() -> None:
+    """Profiles written by the previous layout (DEFLATE, packed seconds,
+    interned ids) read back with the same meaning, and write back in the
+    current layout without losing any of it."""
+    fixtures = orjson.loads((DATA / "profiles_format2.json").read_bytes())
+    assert fixtures
+    for item in fixtures:
+        stored = base64.b64decode(item["stored"])
+        assert stored[:1] == b"z"  # really the old layout
+        tz = ZoneInfo(item["timezone"])
+        today = date.fromisoformat(item["today"])
+        profile = Profile.decode(stored, item["version"])
+        assert canonical(profile, tz, today) == item["canonical"]
+        again = Profile.decode(profile.encode(), item["version"])
+        assert canonical(again, tz, today) == item["canonical"]
+        assert again == profile

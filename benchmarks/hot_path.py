@@ -1,0 +1,134 @@
+"""The worker's hot path in-process: validation and ``Engine.update`` only.
+
+A quick, repeatable figure for work on the per-event cost, without Kafka in
+the measurement: events of ``bench_data``'s mix (three tenants, ten active
+segments each) are validated and applied in batches, as ``streams.ingest``
+does, against the Redis at ``$REDIS_URL``. Membership records are encoded as
+the publisher encodes them and then dropped. Prints events/s and CPU
+microseconds per event for each pass over the data (the first pass creates
+the contacts, the later ones update them), and with ``--profile`` the
+functions that took the most time.
+
+    eval "$(python3 scripts/services.py env)"
+    .venv/bin/python benchmarks/hot_path.py --events 40000 --contacts 4000
+
+``benchmarks/run.py`` remains the benchmark of record (Kafka, baselines,
+latency, memory); this one is for comparing two versions of the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import statistics
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from bench_data import SEGMENTS, TENANTS, PartSpec, part_events
+
+from schemas.events import Event, parse_event
+from segments.registry import Registry, RegistryCache
+from segments.rules import parse_spec
+from signals.keys import ContactRef, Keys
+from signals.redis_client import connect
+from signals.store import Store
+from signals.windows import US
+from streams.engine import Clock, Engine
+
+
+class EncodingSink:
+    """Encodes membership records as ``streams.kafka.Publisher`` does."""
+
+    def __init__(self) -> None:
+        self.records = 0
+
+    async def publish_membership(self, records: Sequence[dict[str, Any]]) -> None:
+        for r in records:
+            f"{r['tenant_id']}:{r['contact_id']}".encode()
+            orjson.dumps(r)
+        self.records += len(records)
+
+
+async def drain(engine: Engine, values: list[bytes], batch: int) -> None:
+    for start in range(0, len(values), batch):
+        work: dict[ContactRef, list[Event]] = defaultdict(list)
+        for value in values[start : start + batch]:
+            event = parse_event(value)
+            work[ContactRef(event.tenant_id, event.contact_id)].append(event)
+        await engine.update(work, reason="event")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--contacts", type=int, default=4_000)
+    parser.add_argument("--batch", type=int, default=2_000)
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+
+    redis = connect(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    prefix = f"hot{uuid.uuid4().hex[:6]}"
+    keys = Keys(prefix)
+    store = Store(redis, keys)
+    await store.load_scripts()
+    registry = Registry(redis, keys, default_limit=10)
+    for tenant in TENANTS:
+        await registry.put_tenant(tenant.id, timezone=tenant.timezone)
+        for spec in SEGMENTS:
+            await registry.create(tenant.id, parse_spec(spec))
+    sink = EncodingSink()
+    engine = Engine(
+        store,
+        RegistryCache(registry),
+        sink,
+        Clock(manual=False),
+        dedup_horizon_us=24 * 3600 * US,
+    )
+    now_us = time.time_ns() // 1000
+    passes = []
+    for n in range(args.passes):
+        spec = PartSpec("", "", f"r{n}", 0, 1, args.events, args.contacts, now_us)
+        passes.append([orjson.dumps(e) for e in part_events(spec)])
+
+    profiler = cProfile.Profile() if args.profile else None
+    rates, cpu = [], []
+    try:
+        for n, values in enumerate(passes):
+            if profiler and n == len(passes) - 1:
+                profiler.enable()
+            wall, proc = time.perf_counter(), time.process_time()
+            await drain(engine, values, args.batch)
+            wall, proc = time.perf_counter() - wall, time.process_time() - proc
+            if profiler:
+                profiler.disable()
+            rates.append(len(values) / wall)
+            cpu.append(proc / len(values) * 1e6)
+            print(
+                f"pass {n + 1}: {len(values):,} events in {wall:.2f} s, "
+                f"{rates[-1]:,.0f} events/s, {cpu[-1]:.1f} µs CPU/event"
+            )
+        later = rates[1:] or rates
+        print(
+            f"updates (passes 2+): median {statistics.median(later):,.0f} events/s, "
+            f"{statistics.median(cpu[1:] or cpu):.1f} µs CPU/event; "
+            f"membership records: {sink.records:,}"
+        )
+        if profiler:
+            stats = pstats.Stats(profiler)
+            stats.sort_stats("tottime").print_stats(25)
+    finally:
+        async for key in redis.scan_iter(f"{prefix}:*", count=1000):
+            await redis.unlink(key)
+        await redis.aclose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

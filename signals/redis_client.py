@@ -1,0 +1,64 @@
+"""The worker's Redis client: redis-py with commands packed by hiredis.
+
+redis-py's asyncio connections pack every command in Python (about 4.6 µs
+for a compare-and-set call with a 500-byte profile, against 0.7 µs for
+``hiredis.pack_command``), and the update path sends one or two commands per
+event. ``connect`` builds the usual client from a URL (``redis://``,
+``rediss://``, ``unix://``) whose connections pack with hiredis; anything
+hiredis does not take (a type it does not know) falls back to redis-py's own
+packer, so the bytes on the wire are the same either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hiredis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import (
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
+
+
+def _pack(connection: Any, args: tuple[Any, ...]) -> list[bytes] | None:
+    command = args[0]
+    if isinstance(command, str) and " " in command:
+        return None  # "CONFIG GET" and friends: redis-py splits them
+    try:
+        return [hiredis.pack_command(args)]
+    except TypeError:
+        return None
+
+
+class HiredisConnection(Connection):
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return _pack(self, args) or super().pack_command(*args)
+
+
+class HiredisSSLConnection(SSLConnection):
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return _pack(self, args) or super().pack_command(*args)
+
+
+class HiredisUnixConnection(UnixDomainSocketConnection):
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return _pack(self, args) or super().pack_command(*args)
+
+
+_FAST: dict[type[Any], type[Any]] = {
+    Connection: HiredisConnection,
+    SSLConnection: HiredisSSLConnection,
+    UnixDomainSocketConnection: HiredisUnixConnection,
+}
+
+
+def connect(url: str, **options: Any) -> Redis:
+    """``Redis.from_url(url, **options)``, with hiredis packing commands."""
+    url_options = parse_url(url)
+    plain = url_options.get("connection_class", Connection)
+    url_options["connection_class"] = _FAST.get(plain, plain)
+    pool = ConnectionPool(**{**options, **url_options})
+    return Redis.from_pool(pool)
