@@ -5,17 +5,24 @@ The update path, per batch of contacts (see ``docs/design.md``):
 1. ``load``: one round trip reads every profile and pending outbox of the
    batch (``MGET``) plus the definitions epoch and the manual clock.
 2. The caller folds events and evaluates segments in Python.
-3. ``write``: one round trip sends one compare-and-set script per contact.
-   The script checks the stored version, writes the profile and the contact's
-   outbox together, so a change of membership is never stored without the
-   record of it that still has to reach Kafka. A version mismatch means
-   another writer (a backfill, a worker taking over after a rebalance) won:
-   the caller re-reads that contact and tries again, never overwriting newer
-   state. Wake-ups are written in the same round trip, one script call per
-   shard.
+3. ``write``: one round trip sends the compare-and-set script, one call for
+   up to ``SCRIPT_BATCH`` contacts. For each contact the script checks the
+   stored version and writes the profile and the contact's outbox together,
+   so a change of membership is never stored without the record of it that
+   still has to reach Kafka. A version mismatch means another writer (a
+   backfill, a worker taking over after a rebalance) won: the caller re-reads
+   that contact and tries again, never overwriting newer state. Wake-ups are
+   written in the same round trip, one script call per shard.
 4. ``finish``: after Kafka acknowledged the membership records, one round trip
-   clears exactly those outboxes, updates the member index sets and moves the
-   wake-ups on.
+   reads the outboxes back and a second one updates the member index sets,
+   clears exactly the outboxes still holding what was published and moves
+   the wake-ups on.
+
+Batching many contacts into one script call is what keeps the client's cost
+per event low (redis-py spends several microseconds on every reply). It
+assumes one Redis server: on a Redis Cluster a script may only touch keys of
+one hash slot, so the calls (and the ``MGET`` reads) would have to be split
+per slot; the key layout allows that, the store does not do it.
 
 Wake-ups carry the profile version that produced them (doubled, plus one once
 the outbox is clear), and ``wake_set`` applies an update only when its version
@@ -32,9 +39,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -45,20 +52,38 @@ from signals.profile import Profile
 
 logger = logging.getLogger(__name__)
 
+# KEYS: profile and outbox of each contact, in pairs; ARGV: expected stored
+# version, new profile, new outbox ('' clears it), in triples. Returns 1 per
+# contact written, 0 per contact whose stored version was not the expected one.
 _CAS = """
-local current = redis.call('GET', KEYS[1])
-local version = 0
-if current then version = tonumber(string.match(current, '^(%d+)|')) end
-if version ~= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-if ARGV[3] == '' then redis.call('DEL', KEYS[2])
-else redis.call('SET', KEYS[2], ARGV[3]) end
-return 1
+local written = {}
+for i = 1, #KEYS, 2 do
+  local a = (i - 1) / 2 * 3
+  local current = redis.call('GET', KEYS[i])
+  local version = 0
+  if current then version = tonumber(string.match(current, '^(%d+)|')) end
+  if version == tonumber(ARGV[a + 1]) then
+    redis.call('SET', KEYS[i], ARGV[a + 2])
+    if ARGV[a + 3] == '' then redis.call('DEL', KEYS[i + 1])
+    else redis.call('SET', KEYS[i + 1], ARGV[a + 3]) end
+    written[#written + 1] = 1
+  else
+    written[#written + 1] = 0
+  end
+end
+return written
 """
 
+# KEYS: outboxes; ARGV: the value each must still hold to be deleted.
 _CLEAR_OUTBOX = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+local cleared = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then
+    redis.call('DEL', KEYS[i])
+    cleared = cleared + 1
+  end
+end
+return cleared
 """
 
 # KEYS: wake-up zset, versions hash; ARGV: triples member, version, score
@@ -96,6 +121,18 @@ if tonumber(ARGV[1]) >= tonumber(stored or '0') then
 end
 return stored
 """
+
+
+#: Contacts per script call of a batched write or clear: one call stays a
+#: few milliseconds of Redis time, so other clients are not held up long.
+SCRIPT_BATCH = 500
+
+_T = TypeVar("_T")
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 class Loaded(NamedTuple):
@@ -208,24 +245,24 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         cas = self._sha["cas"]
         new_by_tenant: dict[str, list[str]] = defaultdict(list)
-        for w in writes:
-            body = b"%d|" % w.profile.version + w.profile.encode()
-            pipe.evalsha(
-                cas,
-                2,
-                self.keys.contact(w.ref),
-                self.keys.outbox(w.ref),
-                w.profile.version - 1,
-                body,
-                w.outbox,
-            )
-            if w.is_new:
-                new_by_tenant[w.ref.tenant_id].append(w.ref.contact_id)
+        calls = 0
+        for chunk in _chunks(writes, SCRIPT_BATCH):
+            keys: list[str] = []
+            args: list[Any] = []
+            for w in chunk:
+                keys += (self.keys.contact(w.ref), self.keys.outbox(w.ref))
+                body = b"%d|" % w.profile.version + w.profile.encode()
+                args += (w.profile.version - 1, body, w.outbox)
+                if w.is_new:
+                    new_by_tenant[w.ref.tenant_id].append(w.ref.contact_id)
+            pipe.evalsha(cas, len(keys), *keys, *args)
+            calls += 1
         for tenant, contacts in new_by_tenant.items():
             pipe.sadd(self.keys.tenant_contacts(tenant), *contacts)
         self._queue_wakeups(pipe, wakeups)
         results = await self._execute(pipe)
-        return {w.ref for w, ok in zip(writes, results, strict=False) if not ok}
+        written = [ok for reply in results[:calls] for ok in reply]
+        return {w.ref for w, ok in zip(writes, written, strict=True) if not ok}
 
     async def finish(self, done: Sequence[Finished]) -> None:
         """Clear acknowledged outboxes, index members, move wake-ups on."""
@@ -234,22 +271,35 @@ class Store:
         # 1. Only the writer whose outbox is still the stored one indexes it: a
         #    later writer has taken these records into its own outbox and will
         #    index the final state itself, so the index never goes backwards.
-        pipe = self.redis.pipeline(transaction=False)
-        for f in done:
-            pipe.get(self.keys.outbox(f.ref))
-        stored = await self._execute(pipe)
+        try:
+            stored = await self.redis.mget([self.keys.outbox(f.ref) for f in done])
+        except redis_errors.RedisError as exc:
+            raise _translate(exc) from exc
         mine = [f for f, raw in zip(done, stored, strict=True) if raw == f.outbox]
 
         # 2. Index before clearing: a crash in between leaves the outbox, whose
         #    next publication indexes again (the index updates are idempotent).
-        pipe = self.redis.pipeline(transaction=False)
+        entered: dict[str, list[str]] = defaultdict(list)
+        exited: dict[str, list[str]] = defaultdict(list)
         for f in mine:
-            contact = f.ref.contact_id
             for segment_id in f.entered:
-                pipe.sadd(self.keys.members(f.ref.tenant_id, segment_id), contact)
+                entered[self.keys.members(f.ref.tenant_id, segment_id)].append(
+                    f.ref.contact_id
+                )
             for segment_id in f.exited:
-                pipe.srem(self.keys.members(f.ref.tenant_id, segment_id), contact)
-            pipe.evalsha(self._sha["clear"], 1, self.keys.outbox(f.ref), f.outbox)
+                exited[self.keys.members(f.ref.tenant_id, segment_id)].append(
+                    f.ref.contact_id
+                )
+        pipe = self.redis.pipeline(transaction=False)
+        for key, contacts in entered.items():
+            pipe.sadd(key, *contacts)
+        for key, contacts in exited.items():
+            pipe.srem(key, *contacts)
+        for chunk in _chunks(mine, SCRIPT_BATCH):
+            outboxes = [self.keys.outbox(f.ref) for f in chunk]
+            pipe.evalsha(
+                self._sha["clear"], len(outboxes), *outboxes, *(f.outbox for f in chunk)
+            )
         self._queue_wakeups(pipe, ((f.ref, 2 * f.version + 1, f.wake_us) for f in mine))
         await self._execute(pipe)
 

@@ -16,10 +16,10 @@ from typing import Any
 import faust
 import mode
 from aiohttp import web
-from redis.asyncio import Redis
 
 from segments.registry import Registry, RegistryCache
 from signals.keys import Keys
+from signals.redis_client import connect
 from signals.store import Store
 from signals.windows import US
 from streams.clock import ClockSweeper
@@ -42,7 +42,7 @@ class Components:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.retry = RetryPolicy()
-        self.redis = Redis.from_url(
+        self.redis = connect(
             settings.redis_url.get_secret_value(),
             socket_timeout=10,
             socket_connect_timeout=5,
