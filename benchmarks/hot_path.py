@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import hashlib
 import os
 import pstats
 import statistics
@@ -36,6 +37,7 @@ from bench_data import SEGMENTS, TENANTS, PartSpec, part_events
 from schemas.events import Event, parse_event
 from segments.registry import Registry, RegistryCache
 from segments.rules import parse_spec
+from signals.cache import ProfileCache
 from signals.keys import ContactRef, Keys
 from signals.redis_client import connect
 from signals.store import Store
@@ -44,16 +46,32 @@ from streams.engine import Clock, Engine
 
 
 class EncodingSink:
-    """Encodes membership records as ``streams.kafka.Publisher`` does."""
+    """Encodes membership records as ``streams.kafka.Publisher`` does, and
+    keeps a digest of what they say, to compare two versions of the code."""
 
     def __init__(self) -> None:
         self.records = 0
+        self.names: dict[str, str] = {}
+        self._seen: list[tuple[str, ...]] = []
 
     async def publish_membership(self, records: Sequence[dict[str, Any]]) -> None:
         for r in records:
             f"{r['tenant_id']}:{r['contact_id']}".encode()
             orjson.dumps(r)
+            self._seen.append(
+                (
+                    r["tenant_id"],
+                    r["contact_id"],
+                    self.names[r["segment_id"]],
+                    r["change"],
+                    r["reason"],
+                    str(r["caused_by"]),
+                )
+            )
         self.records += len(records)
+
+    def digest(self) -> str:
+        return hashlib.sha256(repr(sorted(self._seen)).encode()).hexdigest()[:12]
 
 
 async def drain(engine: Engine, values: list[bytes], batch: int) -> None:
@@ -72,6 +90,9 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=2_000)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--cache", type=int, default=50_000, help="profile cache capacity (contacts)"
+    )
     args = parser.parse_args()
 
     redis = connect(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
@@ -80,19 +101,22 @@ async def main() -> None:
     store = Store(redis, keys)
     await store.load_scripts()
     registry = Registry(redis, keys, default_limit=10)
+    sink = EncodingSink()
     for tenant in TENANTS:
         await registry.put_tenant(tenant.id, timezone=tenant.timezone)
         for spec in SEGMENTS:
-            await registry.create(tenant.id, parse_spec(spec))
-    sink = EncodingSink()
+            segment = await registry.create(tenant.id, parse_spec(spec))
+            sink.names[segment.id] = segment.name
     engine = Engine(
         store,
         RegistryCache(registry),
         sink,
         Clock(manual=False),
         dedup_horizon_us=24 * 3600 * US,
+        profiles=ProfileCache(args.cache),
     )
-    now_us = time.time_ns() // 1000
+    # Whole days, so that two runs on one day see the same windows.
+    now_us = time.time_ns() // 1000 // (86_400 * US) * 86_400 * US
     passes = []
     for n in range(args.passes):
         spec = PartSpec("", "", f"r{n}", 0, 1, args.events, args.contacts, now_us)
@@ -119,7 +143,9 @@ async def main() -> None:
         print(
             f"updates (passes 2+): median {statistics.median(later):,.0f} events/s, "
             f"{statistics.median(cpu[1:] or cpu):.1f} µs CPU/event; "
-            f"membership records: {sink.records:,}"
+            f"membership records: {sink.records:,} (digest {sink.digest()}); "
+            "profile cache hits "
+            f"{engine.profiles.hits:,}, misses {engine.profiles.misses:,}"
         )
         if profiler:
             stats = pstats.Stats(profiler)

@@ -217,8 +217,7 @@ DateReader = Callable[[ContactView, ZoneInfo], date | None]
 
 def _signal_date_reader(name: str) -> DateReader:
     def read(view: ContactView, tz: ZoneInfo) -> date | None:
-        instant = view.dates.get(name)
-        return None if instant is None else instant.astimezone(tz).date()
+        return view.local_date(name, tz)
 
     return read
 

@@ -17,21 +17,31 @@ deduplication set keeps event ids for the deduplication horizon; the
 business-message times behind ``first_business_reply_to_last_ctwa`` are capped
 (see ``BUSINESS_TIMES_CAP``). Nothing else grows with the number of events.
 
-Field names in the stored document are short codes (``_DATE_CODES``); the
-stored layout is versioned by ``FORMAT``.
+Storage. The in-memory form is the stored document itself (short codes as
+keys, instants in microseconds, "latest" values as ``[occurred_at, event_id,
+value]``), so writing a profile is one ``orjson.dumps`` and one compression,
+and reading it is the reverse; only counter slots and business-message times
+are delta-coded on the way. Documents are compressed with zstd and a preset
+dictionary (``_ZDICT_V2``). The stored layout is versioned by ``FORMAT``; the
+previous layout (``FORMAT`` 2, DEFLATE) still reads, and is written in the
+current one the next time the contact changes.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import orjson
+import zstandard
 
 from schemas.events import (
     Call,
@@ -64,7 +74,7 @@ from signals.windows import (
 )
 
 #: Version of the stored document layout.
-FORMAT: Final = 2
+FORMAT: Final = 3
 
 #: Business-message times kept after the latest click-to-WhatsApp message.
 #: ``first_business_reply_to_last_ctwa`` is exact unless a click-to-WhatsApp
@@ -118,16 +128,13 @@ _COUNTER_FIELDS: Final = {
     for counter in Counter
 }
 
-#: (occurred_at in µs, event_id, value): the key that decides "latest".
-Stamped = tuple[int, str, Any]
+#: ``[occurred_at in µs, event_id, value]``: the first two decide "latest".
+Stamped = list[Any]
 
 
-#: A preset dictionary for raw DEFLATE of profile documents: the layout's keys,
-#: typical values and the shape of timestamps, so even a small document
-#: compresses well (about 1,040 B of JSON to about 430 B for the realistic mix
-#: of ``benchmarks/memory_per_contact.py``). Stored documents name their
-#: dictionary by their first byte; a new dictionary takes a new byte and the
-#: old one stays here for as long as documents written with it may exist.
+#: The preset dictionary of the previous layout's raw DEFLATE (``FORMAT`` 2),
+#: kept to read documents written with it; stored documents name their
+#: compression by their first byte.
 _ZDICT_V1: Final = (
     b'"m":{"seg_":1,"seg_":2,"seg_":3,"seg_":4,"seg_":5},"n":17,"ns":"seg_",'
     b'"s":{"-":17,"-":17},"i":["-4-4-","-","-"],'
@@ -142,75 +149,141 @@ _ZDICT_V1: Final = (
 )
 _ZMARK_V1: Final = b"z"
 
+#: The preset dictionary of the current layout: its keys, typical values and
+#: the shape of instants, most common last (zstd reaches the end of a
+#: dictionary most cheaply). A new dictionary takes a new marker byte, and the
+#: old one stays for as long as documents written with it may exist.
+_ZDICT_V2: Final = (
+    b'"a":{"email":[1780000000000000,"","@gmail.com"],"name":[178,"",""],'
+    b'"city":[1780000000000000,"","Pune"],"signup":[178,"","2025-01-01"],'
+    b'"plan":[1780000000000000,"","platinum"],"source":[178,"","import"],'
+    b'"language":[1780000000000000,"","en"]},'
+    b'"l":{"so":[1780000000000000,"","api"],"cw":[178,"","https://fb.me/ad/"],'
+    b'"tp":[1780000000000000,"",["promo_","marketing"]],'
+    b'"ch":[1780000000000000,"","whatsapp"]},'
+    b'"c":{"r":[1978000,623,0,379,811,645],"d":[1978000,624,379],'
+    b'"l":[1978000,1083],"p":[1978000,1082]},'
+    b'"b":[1780000000000000,91323000000,932042000000],'
+    b'"m":{"seg_":1,"seg_":2,"seg_":3,"seg_":4,"seg_":5},'
+    b'"n":1780000000000000,"ns":"seg_",'
+    b'"s":{"-":1780000000,"-":1780000000,"-":1780000000}}'
+    b'{"f":3,"t":{"fc":1780000000000000,"mc":1780000000000000,'
+    b'"mb":1780000000000000,"cu":1780000000000000,"ts":1780000000000000,'
+    b'"cr":1780000000000000,"rd":1780000000000000,"lk":1780000000000000,'
+    b'"rp":1780000000000000,"ic":1780000000000000,"ia":1780000000000000,'
+    b'"oc":1780000000000000,"oa":1780000000000000,"ct":1780000000000000,'
+    b'"fr":1780000000000000},'
+)
+_ZMARK_V2: Final = b"y"
+
+# zstd frames without magic number, checksum or dictionary id: the marker
+# byte says what follows, Redis keeps the bytes intact, and each field dropped
+# is a few bytes of every stored profile. The content size stays: with it the
+# reader allocates exactly the document's size.
+_ZSTD_PARAMS: Final = zstandard.ZstdCompressionParameters.from_level(
+    1,
+    format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+    write_checksum=0,
+    write_content_size=1,
+    write_dict_id=0,
+)
+_ZSTD_DICT: Final = zstandard.ZstdCompressionDict(
+    _ZDICT_V2, dict_type=zstandard.DICT_TYPE_RAWCONTENT
+)
+_ZSTD_DICT.precompute_compress(compression_params=_ZSTD_PARAMS)
+_COMPRESSOR: Final = zstandard.ZstdCompressor(
+    dict_data=_ZSTD_DICT, compression_params=_ZSTD_PARAMS
+)
+_DECOMPRESSOR: Final = zstandard.ZstdDecompressor(
+    dict_data=_ZSTD_DICT, format=zstandard.FORMAT_ZSTD1_MAGICLESS
+)
+
 
 def _compress(document: bytes) -> bytes:
-    """Raw DEFLATE (level 1: CPU is the scarcer resource) with the dictionary."""
-    deflate = zlib.compressobj(1, zlib.DEFLATED, -15, 9, zdict=_ZDICT_V1)
-    return _ZMARK_V1 + deflate.compress(document) + deflate.flush()
+    return _ZMARK_V2 + _COMPRESSOR.compress(document)
 
 
 def _decompress(stored: bytes) -> bytes:
-    if stored[:1] == _ZMARK_V1:
+    marker = stored[:1]
+    if marker == _ZMARK_V2:
+        document: bytes = _DECOMPRESSOR.decompress(stored[1:])
+        return document
+    if marker == _ZMARK_V1:
         inflate = zlib.decompressobj(-15, zdict=_ZDICT_V1)
         return inflate.decompress(stored[1:]) + inflate.flush()
     return stored  # plain JSON, as the layout's first version stored it
 
 
-def _pack(instant_us: int) -> int | list[int]:
-    """Whole seconds as one integer, others as ``[seconds, microseconds]``."""
-    seconds, micros = divmod(instant_us, US)
-    return seconds if not micros else [seconds, micros]
+def _steps(ascending: list[int]) -> list[int]:
+    """A sorted list as its first item and the steps between neighbours."""
+    return list(map(operator.sub, ascending, [0, *ascending]))
+
+
+def _unsteps(steps: list[int]) -> list[int]:
+    return list(itertools.accumulate(steps))
+
+
+# -- the previous layout (FORMAT 2), read only ---------------------------------------
 
 
 def _unpack(packed: int | list[int]) -> int:
+    """Whole seconds as one integer, others as ``[seconds, microseconds]``."""
     if isinstance(packed, int):
         return packed * US
     return packed[0] * US + packed[1]
 
 
-def _deltas(buckets: dict[int, int]) -> list[int]:
-    """Slot counts as a sorted list of slots (repeated per event), delta-coded."""
+def _undeltas(packed: list[int]) -> list[int]:
+    """Delta-coded slots, one per event, as the ascending list of slots."""
+    return list(itertools.accumulate(packed))
+
+
+def _undeltas_sorted(stored: list[int | list[int]]) -> list[int]:
     out: list[int] = []
-    previous = 0
-    for slot in sorted(buckets):
-        out.append(slot - previous)
-        out.extend([0] * (buckets[slot] - 1))
-        previous = slot
-    return out
-
-
-def _undeltas(packed: list[int]) -> dict[int, int]:
-    buckets: dict[int, int] = {}
-    slot = 0
-    for step in packed:
-        slot += step
-        buckets[slot] = buckets.get(slot, 0) + 1
-    return buckets
-
-
-def _deltas_sorted(packed: list[int | list[int]]) -> list[int | list[int]]:
-    """Sorted packed instants with each whole-second one as a step from the last."""
-    out: list[int | list[int]] = []
-    previous = 0
-    for item in packed:
-        if isinstance(item, int):
-            out.append(item - previous)
-            previous = item
-        else:
-            out.append(item)
-    return out
-
-
-def _undeltas_sorted(stored: list[int | list[int]]) -> list[int | list[int]]:
-    out: list[int | list[int]] = []
     previous = 0
     for item in stored:
         if isinstance(item, int):
             previous += item
-            out.append(previous)
+            out.append(previous * US)
         else:
-            out.append(item)
+            out.append(_unpack(item))
     return out
+
+
+def _decode_v2(document: dict[str, Any]) -> dict[str, Any]:
+    """A FORMAT 2 document as the fields of a current one."""
+    ids = document.get("i", [])
+
+    def stamped(v: list[Any]) -> Stamped:
+        return [_unpack(v[0]), ids[v[1]], v[2]]
+
+    wake = document.get("n")
+    return {
+        "dates": {k: _unpack(v) for k, v in document.get("t", {}).items()},
+        "latest": {k: stamped(v) for k, v in document.get("l", {}).items()},
+        "attributes": {k: stamped(v) for k, v in document.get("a", {}).items()},
+        "counters": {
+            code: _undeltas(packed) for code, packed in document.get("c", {}).items()
+        },
+        "business_times": sorted(_undeltas_sorted(document.get("b", []))),
+        "seen": document.get("s", {}),
+        "membership": document.get("m", {}),
+        "next_wake_us": None if wake is None else _unpack(wake),
+        "next_wake_segment": document.get("ns"),
+    }
+
+
+@lru_cache(maxsize=64)
+def _counting_cutoff_us(now_us: int, tz: ZoneInfo) -> int:
+    """Events before this instant never count in any window again.
+
+    A day before the first local date of the longest window, at UTC midnight:
+    a cheap test with a day of margin for any zone (called with one "now" for
+    a whole batch, hence the cache).
+    """
+    oldest = window_start(local_date_us(now_us, tz), LONGEST_WINDOW)
+    margin = oldest - timedelta(days=1)
+    return to_us(datetime(margin.year, margin.month, margin.day, tzinfo=UTC))
 
 
 def _newer(current: Stamped | None, candidate: Stamped) -> bool:
@@ -222,11 +295,17 @@ class Profile:
     """The mutable in-memory form of one contact's document."""
 
     version: int = 0
+    #: Date signal code -> instant (µs).
     dates: dict[str, int] = field(default_factory=dict)
+    #: Code of a "latest" value -> ``[occurred_at µs, event_id, value]``.
     latest: dict[str, Stamped] = field(default_factory=dict)
+    #: Attribute name -> ``[occurred_at µs, event_id, value or None]``.
     attributes: dict[str, Stamped] = field(default_factory=dict)
-    counters: dict[str, dict[int, int]] = field(default_factory=dict)
+    #: Counter code -> the 15-minute UTC slot of every counted event, ascending.
+    counters: dict[str, list[int]] = field(default_factory=dict)
+    #: Business-message times after the latest click-to-WhatsApp message (µs).
     business_times: list[int] = field(default_factory=list)
+    #: Event id -> when it was first seen, in whole seconds.
     seen: dict[str, int] = field(default_factory=dict)
     #: segment_id -> 2 * (changes so far) + (1 if a member now else 0)
     membership: dict[str, int] = field(default_factory=dict)
@@ -241,62 +320,47 @@ class Profile:
     # -- storage -----------------------------------------------------------
 
     def encode(self) -> bytes:
-        """The stored form: short keys, compact instants, interned event ids."""
-        ids: dict[str, int] = {}
-
-        def stamp(v: Stamped) -> list[Any]:
-            return [_pack(v[0]), ids.setdefault(v[1], len(ids)), v[2]]
-
+        """The stored form: the fields as they are, counters delta-coded."""
         document: dict[str, Any] = {"f": FORMAT}
         if self.dates:
-            document["t"] = {k: _pack(v) for k, v in self.dates.items()}
+            document["t"] = self.dates
         if self.latest:
-            document["l"] = {k: stamp(v) for k, v in self.latest.items()}
+            document["l"] = self.latest
         if self.attributes:
-            document["a"] = {k: stamp(v) for k, v in self.attributes.items()}
-        if ids:
-            document["i"] = list(ids)
+            document["a"] = self.attributes
         counters = {
-            code: _deltas(buckets) for code, buckets in self.counters.items() if buckets
+            code: _steps(slots) for code, slots in self.counters.items() if slots
         }
         if counters:
             document["c"] = counters
         if self.business_times:
-            document["b"] = _deltas_sorted([_pack(t) for t in self.business_times])
+            document["b"] = _steps(self.business_times)
         if self.seen:
-            # Seen-at only decides when an id is forgotten: seconds suffice.
-            document["s"] = {k: v // US for k, v in self.seen.items()}
+            document["s"] = self.seen
         if self.membership:
             document["m"] = self.membership
         if self.next_wake_us is not None:
-            document["n"] = _pack(self.next_wake_us)
+            document["n"] = self.next_wake_us
             document["ns"] = self.next_wake_segment
         return _compress(orjson.dumps(document))
 
     @classmethod
     def decode(cls, raw: bytes, version: int) -> Profile:
         document = orjson.loads(_decompress(raw))
-        ids = document.get("i", [])
-
-        def stamped(v: list[Any]) -> Stamped:
-            return (_unpack(v[0]), ids[v[1]], v[2])
-
-        wake = document.get("n")
+        if document.get("f", 1) < 3:
+            return cls(version=version, **_decode_v2(document))
         return cls(
             version=version,
-            dates={k: _unpack(v) for k, v in document.get("t", {}).items()},
-            latest={k: stamped(v) for k, v in document.get("l", {}).items()},
-            attributes={k: stamped(v) for k, v in document.get("a", {}).items()},
+            dates=document.get("t", {}),
+            latest=document.get("l", {}),
+            attributes=document.get("a", {}),
             counters={
-                code: _undeltas(packed)
-                for code, packed in document.get("c", {}).items()
+                code: _unsteps(steps) for code, steps in document.get("c", {}).items()
             },
-            business_times=[
-                _unpack(t) for t in _undeltas_sorted(document.get("b", []))
-            ],
-            seen={k: v * US for k, v in document.get("s", {}).items()},
+            business_times=_unsteps(document.get("b", [])),
+            seen=document.get("s", {}),
             membership=document.get("m", {}),
-            next_wake_us=None if wake is None else _unpack(wake),
+            next_wake_us=document.get("n"),
             next_wake_segment=document.get("ns"),
         )
 
@@ -312,28 +376,27 @@ class Profile:
     ) -> bool:
         """Fold one event in; False when it is a duplicate and changed nothing."""
         # 1. Deduplicate first: counters are the one non-idempotent merge.
-        self._forget_seen(now_us - dedup_horizon_us)
+        self._forget_seen((now_us - dedup_horizon_us) // US)
         if event.event_id in self.seen:
             return False
-        self.seen[event.event_id] = now_us
+        self.seen[event.event_id] = now_us // US
 
-        # 2. Signals every event type feeds; remember what changes.
-        dates_before = dict(self.dates)
-        latest_before = dict(self.latest)
+        # 2. Signals every event type feeds. Every merge that changes a value
+        #    names the rule fields it feeds in ``touched``, so segments that
+        #    read none of them can be skipped.
         at = to_us(event.occurred_at)
         eid = event.event_id
         if event.channel is not None:
-            self._latest(_CHANNEL, (at, eid, event.channel))
+            self._latest(_CHANNEL, [at, eid, event.channel])
 
         # 3. Per-type signals.
-        counts_from = self._counting_starts(tz, now_us)
         match event:
             case ContactUpdated(data=data):
                 self._max("cu", at)
                 if data.source is not None:
-                    self._latest(_SOURCE, (at, eid, data.source))
+                    self._latest(_SOURCE, [at, eid, data.source])
                 for name, value in data.attributes.items():
-                    stamped: Stamped = (at, eid, value)
+                    stamped: Stamped = [at, eid, value]
                     if _newer(self.attributes.get(name), stamped):
                         self.attributes[name] = stamped
                         self.touched.add(f"attribute.{name}")
@@ -343,22 +406,22 @@ class Profile:
                 if data.reply_to is not None:
                     self._max("rp", at)
                     if data.reply_to.campaign_id is not None:
-                        self._count(Counter.CAMPAIGNS_REPLIED, at, counts_from)
+                        self._count(Counter.CAMPAIGNS_REPLIED, at, tz, now_us)
                 if data.ctwa is not None:
-                    self._latest(_CTWA_URL, (at, eid, data.ctwa.ad_source_url))
+                    self._latest(_CTWA_URL, [at, eid, data.ctwa.ad_source_url])
                     self._ctwa_message(at)
             case MessageOutbound(data=data) | CampaignReceived(data=data):
                 self._business_message(at, eid, data.template)
                 if isinstance(event, CampaignReceived):
                     self._max("cr", at)
-                    self._count(Counter.CAMPAIGNS_RECEIVED, at, counts_from)
+                    self._count(Counter.CAMPAIGNS_RECEIVED, at, tz, now_us)
             case MessageRead(data=data):
                 self._max("rd", at)
                 if data.campaign_id is not None:
-                    self._count(Counter.CAMPAIGNS_READ, at, counts_from)
+                    self._count(Counter.CAMPAIGNS_READ, at, tz, now_us)
             case LinkClicked():
                 self._max("lk", at)
-                self._count(Counter.LINKS_CLICKED, at, counts_from)
+                self._count(Counter.LINKS_CLICKED, at, tz, now_us)
             case Call(data=data):
                 inbound = data.direction == "inbound"
                 self._max("ic" if inbound else "oc", at)
@@ -367,40 +430,33 @@ class Profile:
 
         # 4. Drop counter slots that can no longer fall in any window.
         self._forget_slots(now_us - _KEEP_SLOTS_US)
-
-        # 5. Name the changed signals, so unaffected segments can be skipped.
-        for code in dates_before.keys() | self.dates.keys():
-            if dates_before.get(code) != self.dates.get(code):
-                self.touched.add(_DATE_FIELDS[code])
-        for code, stamped in self.latest.items():
-            if latest_before.get(code) is not stamped:
-                self.touched.update(_LATEST_FIELDS[code])
         return True
+
+    def _set_date(self, code: str, at: int) -> None:
+        self.dates[code] = at
+        self.touched.add(_DATE_FIELDS[code])
 
     def _max(self, code: str, at: int) -> None:
         if at > self.dates.get(code, -(2**62)):
-            self.dates[code] = at
+            self._set_date(code, at)
 
     def _min(self, code: str, at: int) -> None:
         if at < self.dates.get(code, 2**62):
-            self.dates[code] = at
+            self._set_date(code, at)
 
     def _latest(self, code: str, stamped: Stamped) -> None:
         if _newer(self.latest.get(code), stamped):
             self.latest[code] = stamped
+            self.touched.update(_LATEST_FIELDS[code])
 
-    def _counting_starts(self, tz: ZoneInfo, now_us: int) -> date:
-        """Events on local dates before this never count in any window again."""
-        return window_start(local_date_us(now_us, tz), LONGEST_WINDOW)
-
-    def _count(self, counter: Counter, at: int, counts_from: date) -> None:
-        slot = at // SLOT_US
+    def _count(self, counter: Counter, at: int, tz: ZoneInfo, now_us: int) -> None:
         # A cheap UTC check with a day of margin; an event just past the edge
         # is kept here and excluded exactly when counts are read by local date.
-        if from_us(at).date() < counts_from - timedelta(days=1):
+        if at < _counting_cutoff_us(now_us, tz):
             return
-        buckets = self.counters.setdefault(_COUNTER_CODES[counter], {})
-        buckets[slot] = buckets.get(slot, 0) + 1
+        bisect.insort(
+            self.counters.setdefault(_COUNTER_CODES[counter], []), at // SLOT_US
+        )
         self.touched.update(_COUNTER_FIELDS[counter])
 
     def _business_message(self, at: int, eid: str, template: Any) -> None:
@@ -408,7 +464,7 @@ class Profile:
         self._max("mb", at)
         if template is not None:
             self._max("ts", at)
-            self._latest(_TEMPLATE, (at, eid, [template.name, template.type]))
+            self._latest(_TEMPLATE, [at, eid, [template.name, template.type]])
         ctwa = self.dates.get("ct")
         if ctwa is not None and at < ctwa:
             return
@@ -426,7 +482,7 @@ class Profile:
     def _ctwa_message(self, at: int) -> None:
         if at <= self.dates.get("ct", -(2**62)):
             return
-        self.dates["ct"] = at
+        self._set_date("ct", at)
         cut = bisect.bisect_left(self.business_times, at)
         del self.business_times[:cut]
         self._first_reply()
@@ -436,19 +492,20 @@ class Profile:
         if ctwa is None:
             return
         if self.business_times:
-            self.dates["fr"] = self.business_times[0]
-        else:
-            self.dates.pop("fr", None)
+            if self.dates.get("fr") != self.business_times[0]:
+                self._set_date("fr", self.business_times[0])
+        elif self.dates.pop("fr", None) is not None:
+            self.touched.add(_DATE_FIELDS["fr"])
 
-    def _forget_seen(self, before_us: int) -> None:
-        if self.seen and min(self.seen.values()) < before_us:
-            self.seen = {e: t for e, t in self.seen.items() if t >= before_us}
+    def _forget_seen(self, before_s: int) -> None:
+        if self.seen and min(self.seen.values()) < before_s:
+            self.seen = {e: t for e, t in self.seen.items() if t >= before_s}
 
     def _forget_slots(self, before_us: int) -> None:
         oldest_slot = before_us // SLOT_US
-        for buckets in self.counters.values():
-            for slot in [s for s in buckets if s < oldest_slot]:
-                del buckets[slot]
+        for slots in self.counters.values():
+            if slots and slots[0] < oldest_slot:
+                del slots[: bisect.bisect_left(slots, oldest_slot)]
 
     # -- read-out --------------------------------------------------------------
 
@@ -520,7 +577,7 @@ class _CounterDays(Mapping[Counter, Sequence[tuple[date, int]]]):
 
     __slots__ = ("_by_code", "_cache", "_tz")
 
-    def __init__(self, by_code: dict[str, dict[int, int]], tz: ZoneInfo) -> None:
+    def __init__(self, by_code: dict[str, list[int]], tz: ZoneInfo) -> None:
         self._by_code = by_code
         self._tz = tz
         self._cache: dict[Counter, list[tuple[date, int]]] = {}
@@ -532,9 +589,9 @@ class _CounterDays(Mapping[Counter, Sequence[tuple[date, int]]]):
             if not slots:
                 raise KeyError(counter)
             per_day: dict[date, int] = {}
-            for slot, n in slots.items():
+            for slot, same in itertools.groupby(slots):
                 day = slot_local_date(slot, self._tz)
-                per_day[day] = per_day.get(day, 0) + n
+                per_day[day] = per_day.get(day, 0) + sum(1 for _ in same)
             cached = sorted(per_day.items())
             self._cache[counter] = cached
         return cached

@@ -264,10 +264,14 @@ class Store:
         written = [ok for reply in results[:calls] for ok in reply]
         return {w.ref for w, ok in zip(writes, written, strict=True) if not ok}
 
-    async def finish(self, done: Sequence[Finished]) -> None:
-        """Clear acknowledged outboxes, index members, move wake-ups on."""
+    async def finish(self, done: Sequence[Finished]) -> set[ContactRef]:
+        """Clear acknowledged outboxes, index members, move wake-ups on.
+
+        Returns the contacts whose outbox was still this writer's, and is now
+        deleted.
+        """
         if not done:
-            return
+            return set()
         # 1. Only the writer whose outbox is still the stored one indexes it: a
         #    later writer has taken these records into its own outbox and will
         #    index the final state itself, so the index never goes backwards.
@@ -302,6 +306,7 @@ class Store:
             )
         self._queue_wakeups(pipe, ((f.ref, 2 * f.version + 1, f.wake_us) for f in mine))
         await self._execute(pipe)
+        return {f.ref for f in mine}
 
     # -- progress of long walks ------------------------------------------------------
 

@@ -11,6 +11,7 @@ from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 from signals.catalog import COUNT_SIGNALS, Counter
 from signals.windows import window_start
@@ -43,6 +44,23 @@ class ContactView:
     _suffix: dict[Counter, tuple[list[date], list[int]]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    #: Local dates of date signals, by (name, zone): rules read them on many
+    #: candidate days.
+    _local: dict[tuple[str, ZoneInfo], date | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def local_date(self, signal: str, tz: ZoneInfo) -> date | None:
+        """The local date in ``tz`` of a date signal, None when it is unset."""
+        key = (signal, tz)
+        try:
+            return self._local[key]
+        except KeyError:
+            pass
+        instant = self.dates.get(signal)
+        value = None if instant is None else instant.astimezone(tz).date()
+        self._local[key] = value
+        return value
 
     def count(self, signal: str, today: date) -> int:
         """The value of a counter signal such as ``links_clicked_7d`` on ``today``."""

@@ -18,6 +18,7 @@ import mode
 from aiohttp import web
 
 from segments.registry import Registry, RegistryCache
+from signals.cache import ProfileCache
 from signals.keys import Keys
 from signals.redis_client import connect
 from signals.store import Store
@@ -62,6 +63,7 @@ class Components:
             self.clock,
             dedup_horizon_us=int(settings.dedup_horizon_hours * 3600 * US),
             metrics=self.metrics,
+            profiles=ProfileCache(settings.profile_cache_contacts),
         )
         self.ingest = Ingest(settings, self.engine, self.publisher, self.retry)
         self.sweeper = ClockSweeper(self.engine, self.store)

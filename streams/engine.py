@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -41,6 +42,7 @@ from segments.membership import (
     record,
 )
 from segments.registry import RegistryCache, Segment
+from signals.cache import ProfileCache
 from signals.errors import StoreError
 from signals.keys import ContactRef
 from signals.profile import Profile
@@ -117,6 +119,7 @@ class Engine:
         *,
         dedup_horizon_us: int,
         metrics: Metrics | None = None,
+        profiles: ProfileCache | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -124,6 +127,7 @@ class Engine:
         self.clock = clock
         self.dedup_horizon_us = dedup_horizon_us
         self.metrics = metrics or Metrics()
+        self.profiles = profiles if profiles is not None else ProfileCache(0)
         # Updates of one worker run one at a time: an outbox being published
         # is never picked up again by this worker's clock sweep or a backfill
         # (workers still race each other; compare-and-set settles that).
@@ -169,13 +173,23 @@ class Engine:
         outcome = Outcome()
         staged: dict[ContactRef, _Staged] = {}
         pending = list(work)
-        for _attempt in range(MAX_ATTEMPTS):
-            # 1. One read for the whole set, plus the epoch and the clock.
+        for attempt in range(MAX_ATTEMPTS):
+            # 1. One read for the whole set, plus the epoch and the clock;
+            #    profiles this worker wrote last come from its cache (a lost
+            #    race reads them again).
+            cached = self.profiles.take(pending) if attempt == 0 else {}
+            missing = [ref for ref in pending if ref not in cached]
             with self.metrics.redis_seconds.labels("load").time():
-                loaded = await self.store.load(pending)
+                loaded = await self.store.load(missing)
+            for ref, entry in cached.items():
+                loaded.profiles[ref] = entry.profile
+                if entry.outbox:
+                    loaded.outboxes[ref] = entry.outbox
             await self.cache.refresh(loaded.epoch)
             self.clock.observe(loaded.clock_us)
             now = self.clock.now_us()
+            # What Redis holds for each contact once this attempt's writes win.
+            settled: dict[ContactRef, tuple[Profile, bytes]] = {}
 
             # 2. Fold and evaluate, in memory.
             writes: list[ContactWrite] = []
@@ -210,15 +224,17 @@ class Engine:
                 if affected == []:
                     # The events changed nothing any rule reads and no
                     # boundary has passed: every answer and the wake-up stand.
+                    raw = loaded.outboxes.get(ref, b"")
                     if changed:
                         profile.version = stored_version + 1
                         raw = encode_outbox(pending_outbox)
                         writes.append(ContactWrite(ref, profile, raw, is_new=False))
+                    settled[ref] = (profile, raw)
                     if pending_outbox:
                         staged[ref] = _Staged(
                             profile.version,
                             pending_outbox,
-                            loaded.outboxes[ref],
+                            raw,
                             profile.next_wake_us,
                         )
                     continue
@@ -287,6 +303,7 @@ class Engine:
                     if reason == "clock" and not outbox:
                         # A sweep consumed this wake-up: file the true next one.
                         wakeups.append((ref, 2 * stored_version + 1, wake))
+                settled[ref] = (profile, raw)
                 if outbox:
                     staged[ref] = _Staged(profile.version, outbox, raw, wake)
 
@@ -301,6 +318,9 @@ class Engine:
                     outcome.changes += changes
             for ref in conflicts:
                 staged.pop(ref, None)
+            for ref, (profile, raw) in settled.items():
+                if ref not in conflicts:
+                    self.profiles.put(ref, profile, raw)
             if not conflicts:
                 break
             logger.debug("%d contacts lost a write race; retrying", len(conflicts))
@@ -312,7 +332,12 @@ class Engine:
             )
 
         # 4. Publish and wait for Kafka, then 5. clear and index.
-        await self._publish_and_finish(staged, outcome)
+        try:
+            await self._publish_and_finish(staged, outcome)
+        except BaseException:
+            # Whether those outboxes are still stored is unknown now.
+            self.profiles.discard(staged)
+            raise
         return outcome
 
     def _count_applied(
@@ -324,12 +349,15 @@ class Engine:
     ) -> None:
         """Count what a successful write made permanent (losers count later)."""
         m = self.metrics
+        by_label: dict[tuple[str, str], int] = defaultdict(int)
         for ref, types in applied.items():
             if ref in conflicts:
                 continue
             outcome.applied += len(types)
             for kind in types:
-                m.events_applied.labels(ref.tenant_id, kind).inc()
+                by_label[ref.tenant_id, kind] += 1
+        for (tenant_id, kind), n in by_label.items():
+            m.events_applied.labels(tenant_id, kind).inc(n)
         settled = sum(n for ref, n in duplicates.items() if ref not in conflicts)
         outcome.duplicates += settled
         m.duplicates.inc(settled)
@@ -450,4 +478,10 @@ class Engine:
                 )
             )
         with self.metrics.redis_seconds.labels("finish").time():
-            await self.store.finish(finished)
+            cleared = await self.store.finish(finished)
+        for ref in staged:
+            if ref in cleared:
+                self.profiles.cleared_outbox(ref)
+            else:
+                # Another writer took these records over: this copy is old.
+                self.profiles.discard((ref,))

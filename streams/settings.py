@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(
         2000, ge=1, description="Most records the ingest loop takes per batch."
     )
+    profile_cache_contacts: int = Field(
+        50_000,
+        ge=0,
+        description="Decoded profiles a worker keeps to skip reading them again "
+        "(about 6 KB each with 90 days of history; 0 turns the cache off).",
+    )
     clock_tick_seconds: float = Field(
         0.5, gt=0, description="How often due time-driven changes are looked for."
     )

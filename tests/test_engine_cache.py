@@ -1,0 +1,149 @@
+"""The update path with its profile cache, against a real Redis.
+
+Two engines share one Redis as two workers would: one keeps a profile cache,
+the other writes the same contact behind its back (as a worker that took the
+partition over, the leader's clock sweep or a backfill would). Nothing the
+other writer did may be lost, and the cached copy may never overwrite it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from schemas.events import Event, parse_event
+from segments.registry import Registry, RegistryCache
+from segments.rules import parse_spec
+from signals.cache import ProfileCache
+from signals.keys import ContactRef, Keys
+from signals.redis_client import connect
+from signals.store import Store
+from signals.windows import US, to_us
+from streams.engine import Clock, Engine
+
+pytestmark = pytest.mark.services
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+TENANT = "cache"
+CONTACT = ContactRef(TENANT, "+15550001")
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    async def publish_membership(self, records: Sequence[dict[str, Any]]) -> None:
+        self.records += records
+
+
+def click(n: int, minutes_ago: int = 5) -> Event:
+    at = NOW - timedelta(minutes=minutes_ago)
+    return parse_event(
+        orjson.dumps(
+            {
+                "event_id": f"click-{n}",
+                "tenant_id": TENANT,
+                "contact_id": CONTACT.contact_id,
+                "type": "link.clicked",
+                "occurred_at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "data": {"url": "https://shop.example/p"},
+            }
+        )
+    )
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def engines(redis: Redis) -> AsyncIterator[tuple[Engine, Engine, Sink, Keys]]:
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    store = Store(redis, keys)
+    await store.load_scripts()
+    registry = Registry(redis, keys, default_limit=10)
+    await registry.put_tenant(TENANT, timezone="UTC")
+    spec = {
+        "name": "clicked three times",
+        "kind": "active",
+        "rule": {
+            "any": [
+                {"all": [{"field": "signal.links_clicked_7d", "op": "gte", "value": 3}]}
+            ]
+        },
+    }
+    await registry.create(TENANT, parse_spec(spec))
+    sink = Sink()
+
+    def engine(capacity: int) -> Engine:
+        clock = Clock(manual=True)
+        clock.manual_us = to_us(NOW)
+        return Engine(
+            store,
+            RegistryCache(registry),
+            sink,
+            clock,
+            dedup_horizon_us=24 * 3600 * US,
+            profiles=ProfileCache(capacity),
+        )
+
+    yield engine(100), engine(0), sink, keys
+    async for key in redis.scan_iter(f"{keys.prefix}:*"):
+        await redis.unlink(key)
+
+
+async def test_a_cached_profile_never_hides_another_writers_work(
+    engines: tuple[Engine, Engine, Sink, Keys],
+) -> None:
+    cached, other, sink, _ = engines
+
+    first = await cached.update({CONTACT: [click(1)]}, reason="event")
+    assert first.written == 1
+    assert cached.profiles.take([CONTACT])  # kept after the write
+    # Taken out above, so this update reads Redis, and caches again.
+    await cached.update({CONTACT: [click(2)]}, reason="event")
+    assert len(cached.profiles) == 1
+
+    # Another worker applies a click the cached copy has not seen.
+    await other.update({CONTACT: [click(3)]}, reason="event")
+
+    # The cached engine's next write loses the race, reads again, and counts
+    # all four clicks: three from before plus this one.
+    outcome = await cached.update({CONTACT: [click(4)]}, reason="event")
+    assert outcome.conflicts == 1
+    assert outcome.written == 1
+    loaded = await cached.store.load([CONTACT])
+    profile = loaded.profiles[CONTACT]
+    assert sorted(profile.seen) == ["click-1", "click-2", "click-3", "click-4"]
+    assert len(profile.counters["l"]) == 4
+
+    # The third click made the contact a member, published once, by the
+    # other writer; the cached engine's replay of it is a duplicate.
+    entered = [r for r in sink.records if r["change"] == "entered"]
+    assert [r["caused_by"] for r in entered] == ["click-3"]
+    replay = await cached.update({CONTACT: [click(3)]}, reason="event")
+    assert (replay.applied, replay.duplicates, replay.conflicts) == (0, 1, 0)
+
+
+async def test_the_cache_reads_what_it_wrote_without_redis(
+    engines: tuple[Engine, Engine, Sink, Keys], redis: Redis
+) -> None:
+    cached, _, sink, keys = engines
+    for n in range(1, 4):
+        await cached.update({CONTACT: [click(n)]}, reason="event")
+    assert [r["change"] for r in sink.records] == ["entered"]
+    # The stored profile and the cached copy agree field for field.
+    stored = (await cached.store.load([CONTACT])).profiles[CONTACT]
+    copy = cached.profiles.take([CONTACT])[CONTACT]
+    assert copy.profile == stored
+    assert copy.outbox == b""  # published and cleared
+    assert await redis.exists(keys.outbox(CONTACT)) == 0
