@@ -526,10 +526,12 @@ class Profile:
             strings["last_template_type"] = template_type
         if _CTWA_URL in self.latest:
             strings["last_ctwa_ad_source_url"] = self.latest[_CTWA_URL][2]
+        dates = _Dates(self.dates)
         return ContactView(
             tenant_id=tenant_id,
             contact_id=contact_id,
-            dates=_Dates(self.dates),
+            dates=dates,
+            local_dates=dates.local,
             strings=strings,
             counter_days=_CounterDays(self.counters, tz),
             attributes=self.current_attributes(),
@@ -560,6 +562,12 @@ class _Dates(Mapping[str, datetime]):
         if code is None or code not in self._by_code:
             return default
         return self[name]
+
+    def local(self, name: str, tz: ZoneInfo) -> date | None:
+        """The local date of a date signal in ``tz``, without a datetime: all
+        instants of a 15-minute slot share their local date, cached by slot."""
+        instant = self._by_code.get(_DATE_CODES[name])
+        return None if instant is None else slot_local_date(instant // SLOT_US, tz)
 
     def __contains__(self, name: object) -> bool:
         code = _DATE_CODES.get(name) if isinstance(name, str) else None

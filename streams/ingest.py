@@ -86,6 +86,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Wait for the batch in flight: it commits before the hand-over.
         async with self.ingest.batch_lock:
+            # Contacts may move to another worker and back: forget them.
+            self.ingest.engine.profiles.clear()
             if revoked:
                 logger.info("Partitions revoked: %s", _describe(revoked))
 
@@ -185,7 +187,8 @@ class Ingest:
         # 2. Validate; the future-skew check needs "now" (maybe the test clock).
         now = await self.retry.call("reading the clock", self.engine.now_us)
         work: dict[ContactRef, list[Event]] = defaultdict(list)
-        origins: dict[ContactRef, list[DeadLetter]] = defaultdict(list)
+        # Where each contact's events came from, should they be dead-lettered.
+        origins: dict[ContactRef, list[tuple[TopicPartition, Any]]] = defaultdict(list)
         letters: list[DeadLetter] = []
         for tp, records in batch.items():
             for rec in records:
@@ -207,17 +210,7 @@ class Ingest:
                     continue
                 ref = ContactRef(event.tenant_id, event.contact_id)
                 work[ref].append(event)
-                origins[ref].append(
-                    DeadLetter(
-                        rec.key,
-                        rec.value,
-                        tp.topic,
-                        tp.partition,
-                        rec.offset,
-                        "",
-                        "processing",
-                    )
-                )
+                origins[ref].append((tp, rec))
         if letters:
             stats.dead_letters = await self.retry.call(
                 "publishing dead letters", lambda: self._dead_letter(letters)
@@ -289,7 +282,7 @@ class Ingest:
     async def _apply(
         self,
         work: dict[ContactRef, list[Event]],
-        origins: dict[ContactRef, list[DeadLetter]],
+        origins: dict[ContactRef, list[tuple[TopicPartition, Any]]],
     ) -> Outcome:
         try:
             return await self.retry.call(
@@ -310,9 +303,18 @@ class Ingest:
                 raise
             except Exception as exc:
                 logger.exception("Events of contact %s dead-lettered", ref.member)
-                letters = origins[ref]
-                for letter in letters:
-                    letter.reason = f"processing failed: {exc!r}"
+                letters = [
+                    DeadLetter(
+                        rec.key,
+                        rec.value,
+                        tp.topic,
+                        tp.partition,
+                        rec.offset,
+                        f"processing failed: {exc!r}",
+                        "processing",
+                    )
+                    for tp, rec in origins[ref]
+                ]
                 await self.retry.call(
                     "publishing dead letters",
                     lambda ls=letters: self._dead_letter(ls),  # type: ignore[misc]

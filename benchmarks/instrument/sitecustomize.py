@@ -2,7 +2,9 @@
 
 ``benchmarks/bench_lib.py`` starts workers with ``PYTHONPATH`` pointing here
 and ``BENCH_REDIS_COUNTS`` naming a file. Python imports this module at start
-up; it wraps two methods of redis-py's asyncio connection class:
+up; it wraps two methods of redis-py's asyncio connection class (and
+``pack_command`` of the worker's own connection classes, which pack with
+hiredis, see ``signals/redis_client.py``):
 
 * ``send_packed_command``: called once per request written to the socket, a
   whole pipeline or a single command, each followed by waiting for the
@@ -42,7 +44,7 @@ def _install(path: str) -> None:
         totals["requests"] += 1
         await send(self, command, check_health)
 
-    def pack_command(self: Any, *args: Any) -> list[bytes]:
+    def count(args: tuple[Any, ...]) -> None:
         totals["commands"] += 1
         name = args[0]
         name = name.decode() if isinstance(name, bytes) else str(name)
@@ -50,11 +52,35 @@ def _install(path: str) -> None:
         by_command[name] += 1
         if name == "MGET":
             totals["mget_keys"] += len(args) - 1
+
+    def pack_command(self: Any, *args: Any) -> list[bytes]:
+        count(args)
         result: list[bytes] = pack(self, *args)
         return result
 
     AbstractConnection.send_packed_command = send_packed_command  # type: ignore[method-assign]
     AbstractConnection.pack_command = pack_command  # type: ignore[method-assign]
+
+    # The worker's connections pack with hiredis (``signals.redis_client``):
+    # count theirs too.
+    try:
+        from signals import redis_client
+    except ImportError:
+        pass
+    else:
+        for cls in (
+            redis_client.HiredisConnection,
+            redis_client.HiredisSSLConnection,
+            redis_client.HiredisUnixConnection,
+        ):
+            own = cls.pack_command
+
+            def counted(self: Any, *args: Any, _own: Any = own) -> list[bytes]:
+                count(args)
+                result: list[bytes] = _own(self, *args)
+                return result
+
+            cls.pack_command = counted  # type: ignore[method-assign]
 
     def dump() -> None:
         tmp = f"{path}.tmp"
