@@ -54,6 +54,7 @@ from schemas.events import (
     MessageRead,
 )
 from signals.catalog import (
+    COUNT_SIGNALS,
     DATE_SIGNALS,
     LONGEST_WINDOW,
     SIGNAL_TYPES,
@@ -69,6 +70,7 @@ from signals.windows import (
     local_date_us,
     rfc3339,
     slot_local_date,
+    start_of_local_day,
     to_us,
     window_start,
 )
@@ -271,6 +273,12 @@ def _decode_v2(document: dict[str, Any]) -> dict[str, Any]:
         "next_wake_us": None if wake is None else _unpack(wake),
         "next_wake_segment": document.get("ns"),
     }
+
+
+@lru_cache(maxsize=4096)
+def _first_slot(day: date, tz: ZoneInfo) -> int:
+    """The first 15-minute slot of local date ``day`` in ``tz``."""
+    return to_us(start_of_local_day(day, tz)) // SLOT_US
 
 
 @lru_cache(maxsize=64)
@@ -527,13 +535,15 @@ class Profile:
         if _CTWA_URL in self.latest:
             strings["last_ctwa_ad_source_url"] = self.latest[_CTWA_URL][2]
         dates = _Dates(self.dates)
+        counter_days = _CounterDays(self.counters, tz)
         return ContactView(
             tenant_id=tenant_id,
             contact_id=contact_id,
             dates=dates,
             local_dates=dates.local,
             strings=strings,
-            counter_days=_CounterDays(self.counters, tz),
+            counter_days=counter_days,
+            counts=counter_days.count,
             attributes=self.current_attributes(),
         )
 
@@ -609,6 +619,17 @@ class _CounterDays(Mapping[Counter, Sequence[tuple[date, int]]]):
             return self[counter]
         except KeyError:
             return default
+
+    def count(self, signal: str, today: date) -> int:
+        """A counter signal on local date ``today``: the slots from the first
+        one of the window's first day on (local dates never decrease with
+        slots, and local midnight is always a slot boundary)."""
+        counter, days = COUNT_SIGNALS[signal]
+        slots = self._by_code.get(_COUNTER_CODES[counter])
+        if not slots:
+            return 0
+        first = _first_slot(window_start(today, days), self._tz)
+        return len(slots) - bisect.bisect_left(slots, first)
 
     def __iter__(self) -> Iterator[Counter]:
         return (c for c, code in _COUNTER_CODES.items() if self._by_code.get(code))

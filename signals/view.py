@@ -57,8 +57,16 @@ class ContactView:
         instant = self.dates.get(signal)
         return None if instant is None else instant.astimezone(tz).date()
 
+    #: A faster way to ``count``, when the view's source has one (the profile
+    #: counts its ascending slots from the window's first slot, by bisection).
+    counts: Callable[[str, date], int] | None = field(
+        default=None, compare=False, repr=False
+    )
+
     def count(self, signal: str, today: date) -> int:
         """The value of a counter signal such as ``links_clicked_7d`` on ``today``."""
+        if self.counts is not None:
+            return self.counts(signal, today)
         counter, days = COUNT_SIGNALS[signal]
         cached = self._suffix.get(counter)
         if cached is None:

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from schemas.events import Event, parse_event
 from signals.profile import BUSINESS_TIMES_CAP, Profile, signals_json
-from signals.windows import to_us
+from signals.view import ContactView
+from signals.windows import SLOT_US, to_us
 from tests.profile_fixtures import canonical
 
 DATA = Path(__file__).parent / "data"
@@ -237,8 +238,9 @@ def test_memory_stays_bounded_with_many_events() -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(history=histories, fraction=st.integers(0, 999_999))
-def test_the_stored_form_reads_back_identically(history: list[tuple[str, int]],
-                                                fraction: int) -> None:
+def test_the_stored_form_reads_back_identically(
+    history: list[tuple[str, int]], fraction: int
+) -> None:
     events = [build(i, kind, ago) for i, (kind, ago) in enumerate(history)]
     profile = fold(events)
     profile.dates["mc"] = profile.dates.get("mc", NOW_US) + fraction
@@ -266,3 +268,35 @@ def test_documents_stored_in_format_2_still_read() -> None:
         again = Profile.decode(profile.encode(), item["version"])
         assert canonical(again, tz, today) == item["canonical"]
         assert again == profile
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    offsets=st.lists(st.integers(0, 95 * 96), min_size=0, max_size=40),
+    zone_name=st.sampled_from(
+        [
+            "UTC",
+            "Asia/Kolkata",
+            "America/Sao_Paulo",
+            "Pacific/Kiritimati",
+            "Pacific/Pago_Pago",
+            "Europe/London",
+            "Australia/Lord_Howe",
+        ]
+    ),
+    back=st.integers(-3, 95),
+)
+def test_counts_by_slot_bisection_equal_counts_by_local_day(
+    offsets: list[int], zone_name: str, back: int
+) -> None:
+    """The profile's fast count (bisect the ascending slots from the window's
+    first slot) equals counting per local day, as any other view does."""
+    tz = ZoneInfo(zone_name)
+    last = NOW_US // SLOT_US
+    profile = Profile(counters={"l": sorted(last - o for o in offsets)})
+    fast = profile.view("t", "c", tz)
+    slow = ContactView("t", "c", counter_days=fast.counter_days)
+    today = (NOW - timedelta(days=back)).astimezone(tz).date()
+    for days in (7, 30, 90):
+        name = f"links_clicked_{days}d"
+        assert fast.count(name, today) == slow.count(name, today)
