@@ -423,7 +423,7 @@ def _count_check(op: str, raw: object) -> NumberCheck:
 
 
 def _count_signal(name: str, check: NumberCheck) -> _Condition:
-    counter, days = COUNT_SIGNALS[name]
+    _, days = COUNT_SIGNALS[name]
     window = timedelta(days=days)
 
     def test(view: ContactView, today: date, tz: ZoneInfo) -> bool:
@@ -433,8 +433,8 @@ def _count_signal(name: str, check: NumberCheck) -> _Condition:
         view: ContactView, today: date, tz: ZoneInfo
     ) -> tuple[Iterable[date], bool]:
         # A counted day leaves the window N days later; nothing ever enters it
-        # as time passes alone.
-        return [day + window for day, _ in view.counter_days.get(counter, ())], False
+        # as time passes alone. Days already out of the window flip nothing.
+        return [day + window for day in view.counted_days(name, today)], False
 
     return _Condition(test, breakpoints)
 

@@ -544,6 +544,7 @@ class Profile:
             strings=strings,
             counter_days=counter_days,
             counts=counter_days.count,
+            recent_days=counter_days.recent,
             attributes=self.current_attributes(),
         )
 
@@ -619,6 +620,21 @@ class _CounterDays(Mapping[Counter, Sequence[tuple[date, int]]]):
             return self[counter]
         except KeyError:
             return default
+
+    def recent(self, signal: str, today: date) -> list[date]:
+        """The local dates a counter signal still counts on ``today``."""
+        counter, days = COUNT_SIGNALS[signal]
+        slots = self._by_code.get(_COUNTER_CODES[counter])
+        if not slots:
+            return []
+        first = _first_slot(window_start(today, days), self._tz)
+        tz = self._tz
+        out: list[date] = []
+        for slot in slots[bisect.bisect_left(slots, first) :]:
+            day = slot_local_date(slot, tz)
+            if not out or out[-1] != day:
+                out.append(day)
+        return out
 
     def count(self, signal: str, today: date) -> int:
         """A counter signal on local date ``today``: the slots from the first

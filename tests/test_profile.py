@@ -300,3 +300,6 @@ def test_counts_by_slot_bisection_equal_counts_by_local_day(
     for days in (7, 30, 90):
         name = f"links_clicked_{days}d"
         assert fast.count(name, today) == slow.count(name, today)
+        assert list(fast.counted_days(name, today)) == list(
+            slow.counted_days(name, today)
+        )
