@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from signals.keys import ContactRef
-from signals.profile import Profile
+from signals.profile import UNTOUCHED, Profile
 
 
 class Cached(NamedTuple):
@@ -55,7 +55,6 @@ class ProfileCache:
             if entry is None:
                 self.misses += 1
             else:
-                entry.profile.touched = set()
                 found[ref] = entry
                 self.hits += 1
         return found
@@ -65,6 +64,7 @@ class ProfileCache:
             return
         items = self._items
         items.pop(ref, None)
+        profile.touched = UNTOUCHED  # what the next update touches starts empty
         items[ref] = Cached(profile, outbox)
         while len(items) > self.capacity:
             del items[next(iter(items))]

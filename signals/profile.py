@@ -120,18 +120,21 @@ _SOURCE, _CHANNEL, _TEMPLATE, _CTWA_URL = "so", "ch", "tp", "cw"
 #: Stored codes -> the rule fields (``signal.<name>``) they feed.
 _DATE_FIELDS: Final = {code: f"signal.{name}" for name, code in _DATE_CODES.items()}
 _LATEST_FIELDS: Final = {
-    _SOURCE: ("signal.contact_source",),
-    _CHANNEL: ("signal.channel_type",),
-    _TEMPLATE: ("signal.last_template_used", "signal.last_template_type"),
-    _CTWA_URL: ("signal.last_ctwa_ad_source_url",),
+    _SOURCE: frozenset({"signal.contact_source"}),
+    _CHANNEL: frozenset({"signal.channel_type"}),
+    _TEMPLATE: frozenset({"signal.last_template_used", "signal.last_template_type"}),
+    _CTWA_URL: frozenset({"signal.last_ctwa_ad_source_url"}),
 }
 _COUNTER_FIELDS: Final = {
-    counter: tuple(f"signal.{counter.value}_{days}d" for days in WINDOWS)
+    counter: frozenset(f"signal.{counter.value}_{days}d" for days in WINDOWS)
     for counter in Counter
 }
 
-#: ``[occurred_at in µs, event_id, value]``: the first two decide "latest".
-Stamped = list[Any]
+#: ``(occurred_at in µs, event_id, value)``: the first two decide "latest".
+#: Tuples, as everything a profile holds: a cached profile is then almost
+#: invisible to Python's cyclic garbage collector, whose full passes would
+#: otherwise walk every cached profile.
+Stamped = tuple[int, str, Any]
 
 
 #: The preset dictionary of the previous layout's raw DEFLATE (``FORMAT`` 2),
@@ -216,13 +219,18 @@ def _decompress(stored: bytes) -> bytes:
     return stored  # plain JSON, as the layout's first version stored it
 
 
-def _steps(ascending: list[int]) -> list[int]:
+def _inserted(ascending: tuple[int, ...], value: int) -> tuple[int, ...]:
+    at = bisect.bisect_right(ascending, value)
+    return (*ascending[:at], value, *ascending[at:])
+
+
+def _steps(ascending: Sequence[int]) -> list[int]:
     """A sorted list as its first item and the steps between neighbours."""
     return list(map(operator.sub, ascending, [0, *ascending]))
 
 
-def _unsteps(steps: list[int]) -> list[int]:
-    return list(itertools.accumulate(steps))
+def _unsteps(steps: list[int]) -> tuple[int, ...]:
+    return tuple(itertools.accumulate(steps))
 
 
 # -- the previous layout (FORMAT 2), read only ---------------------------------------
@@ -257,7 +265,8 @@ def _decode_v2(document: dict[str, Any]) -> dict[str, Any]:
     ids = document.get("i", [])
 
     def stamped(v: list[Any]) -> Stamped:
-        return [_unpack(v[0]), ids[v[1]], v[2]]
+        value = tuple(v[2]) if isinstance(v[2], list) else v[2]
+        return (_unpack(v[0]), ids[v[1]], value)
 
     wake = document.get("n")
     return {
@@ -265,9 +274,10 @@ def _decode_v2(document: dict[str, Any]) -> dict[str, Any]:
         "latest": {k: stamped(v) for k, v in document.get("l", {}).items()},
         "attributes": {k: stamped(v) for k, v in document.get("a", {}).items()},
         "counters": {
-            code: _undeltas(packed) for code, packed in document.get("c", {}).items()
+            code: tuple(_undeltas(packed))
+            for code, packed in document.get("c", {}).items()
         },
-        "business_times": sorted(_undeltas_sorted(document.get("b", []))),
+        "business_times": tuple(sorted(_undeltas_sorted(document.get("b", [])))),
         "seen": document.get("s", {}),
         "membership": document.get("m", {}),
         "next_wake_us": None if wake is None else _unpack(wake),
@@ -294,8 +304,17 @@ def _counting_cutoff_us(now_us: int, tz: ZoneInfo) -> int:
     return to_us(datetime(margin.year, margin.month, margin.day, tzinfo=UTC))
 
 
+def _stamped(stored: list[Any]) -> Stamped:
+    at, event_id, value = stored
+    return (at, event_id, tuple(value) if isinstance(value, list) else value)
+
+
 def _newer(current: Stamped | None, candidate: Stamped) -> bool:
     return current is None or (candidate[0], candidate[1]) > (current[0], current[1])
+
+
+#: ``Profile.touched`` of a profile nothing has touched yet (one shared object).
+UNTOUCHED: Final[frozenset[str]] = frozenset()
 
 
 @dataclass(slots=True)
@@ -310,9 +329,9 @@ class Profile:
     #: Attribute name -> ``[occurred_at µs, event_id, value or None]``.
     attributes: dict[str, Stamped] = field(default_factory=dict)
     #: Counter code -> the 15-minute UTC slot of every counted event, ascending.
-    counters: dict[str, list[int]] = field(default_factory=dict)
+    counters: dict[str, tuple[int, ...]] = field(default_factory=dict)
     #: Business-message times after the latest click-to-WhatsApp message (µs).
-    business_times: list[int] = field(default_factory=list)
+    business_times: tuple[int, ...] = ()
     #: Event id -> when it was first seen, in whole seconds.
     seen: dict[str, int] = field(default_factory=dict)
     #: segment_id -> 2 * (changes so far) + (1 if a member now else 0)
@@ -323,7 +342,7 @@ class Profile:
     next_wake_segment: str | None = None
     #: Rule fields (``signal.x``, ``attribute.y``) whose value changed since
     #: the profile was loaded; not stored.
-    touched: set[str] = field(default_factory=set, compare=False)
+    touched: frozenset[str] = field(default=UNTOUCHED, compare=False)
 
     # -- storage -----------------------------------------------------------
 
@@ -360,8 +379,8 @@ class Profile:
         return cls(
             version=version,
             dates=document.get("t", {}),
-            latest=document.get("l", {}),
-            attributes=document.get("a", {}),
+            latest={k: _stamped(v) for k, v in document.get("l", {}).items()},
+            attributes={k: _stamped(v) for k, v in document.get("a", {}).items()},
             counters={
                 code: _unsteps(steps) for code, steps in document.get("c", {}).items()
             },
@@ -395,19 +414,19 @@ class Profile:
         at = to_us(event.occurred_at)
         eid = event.event_id
         if event.channel is not None:
-            self._latest(_CHANNEL, [at, eid, event.channel])
+            self._latest(_CHANNEL, (at, eid, event.channel))
 
         # 3. Per-type signals.
         match event:
             case ContactUpdated(data=data):
                 self._max("cu", at)
                 if data.source is not None:
-                    self._latest(_SOURCE, [at, eid, data.source])
+                    self._latest(_SOURCE, (at, eid, data.source))
                 for name, value in data.attributes.items():
-                    stamped: Stamped = [at, eid, value]
+                    stamped: Stamped = (at, eid, value)
                     if _newer(self.attributes.get(name), stamped):
                         self.attributes[name] = stamped
-                        self.touched.add(f"attribute.{name}")
+                        self.touched |= {f"attribute.{name}"}
             case MessageInbound(data=data):
                 self._min("fc", at)
                 self._max("mc", at)
@@ -416,7 +435,7 @@ class Profile:
                     if data.reply_to.campaign_id is not None:
                         self._count(Counter.CAMPAIGNS_REPLIED, at, tz, now_us)
                 if data.ctwa is not None:
-                    self._latest(_CTWA_URL, [at, eid, data.ctwa.ad_source_url])
+                    self._latest(_CTWA_URL, (at, eid, data.ctwa.ad_source_url))
                     self._ctwa_message(at)
             case MessageOutbound(data=data) | CampaignReceived(data=data):
                 self._business_message(at, eid, data.template)
@@ -442,7 +461,7 @@ class Profile:
 
     def _set_date(self, code: str, at: int) -> None:
         self.dates[code] = at
-        self.touched.add(_DATE_FIELDS[code])
+        self.touched |= {_DATE_FIELDS[code]}
 
     def _max(self, code: str, at: int) -> None:
         if at > self.dates.get(code, -(2**62)):
@@ -455,30 +474,29 @@ class Profile:
     def _latest(self, code: str, stamped: Stamped) -> None:
         if _newer(self.latest.get(code), stamped):
             self.latest[code] = stamped
-            self.touched.update(_LATEST_FIELDS[code])
+            self.touched |= _LATEST_FIELDS[code]
 
     def _count(self, counter: Counter, at: int, tz: ZoneInfo, now_us: int) -> None:
         # A cheap UTC check with a day of margin; an event just past the edge
         # is kept here and excluded exactly when counts are read by local date.
         if at < _counting_cutoff_us(now_us, tz):
             return
-        bisect.insort(
-            self.counters.setdefault(_COUNTER_CODES[counter], []), at // SLOT_US
-        )
-        self.touched.update(_COUNTER_FIELDS[counter])
+        code = _COUNTER_CODES[counter]
+        self.counters[code] = _inserted(self.counters.get(code, ()), at // SLOT_US)
+        self.touched |= _COUNTER_FIELDS[counter]
 
     def _business_message(self, at: int, eid: str, template: Any) -> None:
         self._min("fc", at)
         self._max("mb", at)
         if template is not None:
             self._max("ts", at)
-            self._latest(_TEMPLATE, [at, eid, [template.name, template.type]])
+            self._latest(_TEMPLATE, (at, eid, (template.name, template.type)))
         ctwa = self.dates.get("ct")
         if ctwa is not None and at < ctwa:
             return
         times = self.business_times
         if at not in times:
-            bisect.insort(times, at)
+            times = self.business_times = _inserted(times, at)
             if len(times) > BUSINESS_TIMES_CAP:
                 # Keep the current answer (the oldest time after the latest
                 # click-to-WhatsApp message) and the most recent others.
@@ -492,7 +510,7 @@ class Profile:
             return
         self._set_date("ct", at)
         cut = bisect.bisect_left(self.business_times, at)
-        del self.business_times[:cut]
+        self.business_times = self.business_times[cut:]
         self._first_reply()
 
     def _first_reply(self) -> None:
@@ -503,7 +521,7 @@ class Profile:
             if self.dates.get("fr") != self.business_times[0]:
                 self._set_date("fr", self.business_times[0])
         elif self.dates.pop("fr", None) is not None:
-            self.touched.add(_DATE_FIELDS["fr"])
+            self.touched |= {_DATE_FIELDS["fr"]}
 
     def _forget_seen(self, before_s: int) -> None:
         if self.seen and min(self.seen.values()) < before_s:
@@ -511,9 +529,9 @@ class Profile:
 
     def _forget_slots(self, before_us: int) -> None:
         oldest_slot = before_us // SLOT_US
-        for slots in self.counters.values():
+        for code, slots in self.counters.items():
             if slots and slots[0] < oldest_slot:
-                del slots[: bisect.bisect_left(slots, oldest_slot)]
+                self.counters[code] = slots[bisect.bisect_left(slots, oldest_slot) :]
 
     # -- read-out --------------------------------------------------------------
 
@@ -596,7 +614,7 @@ class _CounterDays(Mapping[Counter, Sequence[tuple[date, int]]]):
 
     __slots__ = ("_by_code", "_cache", "_tz")
 
-    def __init__(self, by_code: dict[str, list[int]], tz: ZoneInfo) -> None:
+    def __init__(self, by_code: dict[str, tuple[int, ...]], tz: ZoneInfo) -> None:
         self._by_code = by_code
         self._tz = tz
         self._cache: dict[Counter, list[tuple[date, int]]] = {}

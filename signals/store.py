@@ -13,10 +13,9 @@ The update path, per batch of contacts (see ``docs/design.md``):
    backfill, a worker taking over after a rebalance) won: the caller re-reads
    that contact and tries again, never overwriting newer state. Wake-ups are
    written in the same round trip, one script call per shard.
-4. ``finish``: after Kafka acknowledged the membership records, one round trip
-   reads the outboxes back and a second one updates the member index sets,
-   clears exactly the outboxes still holding what was published and moves
-   the wake-ups on.
+4. ``finish``: after Kafka acknowledged the membership records, one round
+   trip indexes the members and clears the outboxes still holding what was
+   published (one script, atomic per contact) and moves the wake-ups on.
 
 Batching many contacts into one script call is what keeps the client's cost
 per event low (redis-py spends several microseconds on every reply). It
@@ -74,14 +73,24 @@ end
 return written
 """
 
-# KEYS: outboxes; ARGV: the value each must still hold to be deleted.
-_CLEAR_OUTBOX = """
-local cleared = 0
-for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[i] then
-    redis.call('DEL', KEYS[i])
-    cleared = cleared + 1
+# KEYS: per contact, its outbox, the member sets it entered, those it exited.
+# ARGV: per contact, the outbox value it must still hold, the contact id, and
+# how many sets it entered and exited. Only a contact whose outbox is still
+# the one published is indexed and cleared, both at once. Returns 1 per
+# contact cleared, 0 per contact whose outbox another writer has replaced.
+_FINISH = """
+local k, cleared = 1, {}
+for a = 1, #ARGV, 4 do
+  local entered, exited = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  if redis.call('GET', KEYS[k]) == ARGV[a] then
+    for i = 1, entered do redis.call('SADD', KEYS[k + i], ARGV[a + 1]) end
+    for i = 1, exited do redis.call('SREM', KEYS[k + entered + i], ARGV[a + 1]) end
+    redis.call('DEL', KEYS[k])
+    cleared[#cleared + 1] = 1
+  else
+    cleared[#cleared + 1] = 0
   end
+  k = k + 1 + entered + exited
 end
 return cleared
 """
@@ -176,7 +185,7 @@ class Store:
         self.keys = keys
         self._sources = {
             "cas": _CAS,
-            "clear": _CLEAR_OUTBOX,
+            "finish": _FINISH,
             "wake": _WAKE_SET,
             "clock": _SET_CLOCK,
             "max": _SET_MAX,
@@ -265,48 +274,33 @@ class Store:
         return {w.ref for w, ok in zip(writes, written, strict=True) if not ok}
 
     async def finish(self, done: Sequence[Finished]) -> set[ContactRef]:
-        """Clear acknowledged outboxes, index members, move wake-ups on.
+        """Index members and clear outboxes that reached Kafka; move wake-ups on.
 
-        Returns the contacts whose outbox was still this writer's, and is now
-        deleted.
+        One round trip. A contact whose outbox is no longer the one published
+        was taken over by a later writer, which holds these records in its
+        own outbox and will index the final state itself, so the index never
+        goes backwards; its wake-up update is older than that writer's and
+        ``wake_set`` ignores it. Returns the contacts cleared.
         """
         if not done:
             return set()
-        # 1. Only the writer whose outbox is still the stored one indexes it: a
-        #    later writer has taken these records into its own outbox and will
-        #    index the final state itself, so the index never goes backwards.
-        try:
-            stored = await self.redis.mget([self.keys.outbox(f.ref) for f in done])
-        except redis_errors.RedisError as exc:
-            raise _translate(exc) from exc
-        mine = [f for f, raw in zip(done, stored, strict=True) if raw == f.outbox]
-
-        # 2. Index before clearing: a crash in between leaves the outbox, whose
-        #    next publication indexes again (the index updates are idempotent).
-        entered: dict[str, list[str]] = defaultdict(list)
-        exited: dict[str, list[str]] = defaultdict(list)
-        for f in mine:
-            for segment_id in f.entered:
-                entered[self.keys.members(f.ref.tenant_id, segment_id)].append(
-                    f.ref.contact_id
-                )
-            for segment_id in f.exited:
-                exited[self.keys.members(f.ref.tenant_id, segment_id)].append(
-                    f.ref.contact_id
-                )
         pipe = self.redis.pipeline(transaction=False)
-        for key, contacts in entered.items():
-            pipe.sadd(key, *contacts)
-        for key, contacts in exited.items():
-            pipe.srem(key, *contacts)
-        for chunk in _chunks(mine, SCRIPT_BATCH):
-            outboxes = [self.keys.outbox(f.ref) for f in chunk]
-            pipe.evalsha(
-                self._sha["clear"], len(outboxes), *outboxes, *(f.outbox for f in chunk)
-            )
-        self._queue_wakeups(pipe, ((f.ref, 2 * f.version + 1, f.wake_us) for f in mine))
-        await self._execute(pipe)
-        return {f.ref for f in mine}
+        calls = 0
+        for chunk in _chunks(done, SCRIPT_BATCH):
+            keys: list[str] = []
+            args: list[Any] = []
+            for f in chunk:
+                tenant, contact = f.ref.tenant_id, f.ref.contact_id
+                keys.append(self.keys.outbox(f.ref))
+                keys += (self.keys.members(tenant, s) for s in f.entered)
+                keys += (self.keys.members(tenant, s) for s in f.exited)
+                args += (f.outbox, contact, len(f.entered), len(f.exited))
+            pipe.evalsha(self._sha["finish"], len(keys), *keys, *args)
+            calls += 1
+        self._queue_wakeups(pipe, ((f.ref, 2 * f.version + 1, f.wake_us) for f in done))
+        results = await self._execute(pipe)
+        cleared = [ok for reply in results[:calls] for ok in reply]
+        return {f.ref for f, ok in zip(done, cleared, strict=True) if ok}
 
     # -- progress of long walks ------------------------------------------------------
 

@@ -179,8 +179,10 @@ class Engine:
             #    race reads them again).
             cached = self.profiles.take(pending) if attempt == 0 else {}
             missing = [ref for ref in pending if ref not in cached]
+            t0 = time.perf_counter()
             with self.metrics.redis_seconds.labels("load").time():
                 loaded = await self.store.load(missing)
+            t1 = time.perf_counter()
             for ref, entry in cached.items():
                 loaded.profiles[ref] = entry.profile
                 if entry.outbox:
@@ -308,8 +310,10 @@ class Engine:
                     staged[ref] = _Staged(profile.version, outbox, raw, wake)
 
             # 3. Compare-and-set; the losers go round again with fresh state.
+            t2 = time.perf_counter()
             with self.metrics.redis_seconds.labels("write").time():
                 conflicts = await self.store.write(writes, wakeups)
+            t3 = time.perf_counter()
             outcome.written += len(writes) - len(conflicts)
             outcome.conflicts += len(conflicts)
             self._count_applied(applied, duplicates, conflicts, outcome)
@@ -338,6 +342,15 @@ class Engine:
             # Whether those outboxes are still stored is unknown now.
             self.profiles.discard(staged)
             raise
+        logger.debug(
+            "Updated %d contacts: load %.1f ms, compute %.1f ms, write %.1f ms "
+            "(encode included), publish and finish %.1f ms",
+            len(work),
+            (t1 - t0) * 1000,
+            (t2 - t1) * 1000,
+            (t3 - t2) * 1000,
+            (time.perf_counter() - t3) * 1000,
+        )
         return outcome
 
     def _count_applied(

@@ -14,7 +14,9 @@ HTTP server) and consumes with aiokafka directly:
 3. Apply the valid events through ``Engine.update`` (one read and one write
    round trip for the whole batch; see ``streams.engine``). Redis or Kafka
    being away is retried until it comes back; nothing is skipped.
-4. Commit, per partition, the offset after the last record of the batch.
+4. Commit, per partition, the offset after the last record of the batch,
+   while the next batch is fetched and processed (commits stay in order, one
+   in flight; a rebalance or a stop waits for it).
 
 Offsets are committed only in step 4, after every effect of the batch is
 durable in Redis and acknowledged by Kafka, so a crash anywhere replays the
@@ -86,6 +88,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Wait for the batch in flight: it commits before the hand-over.
         async with self.ingest.batch_lock:
+            await self.ingest.committed()
             # Contacts may move to another worker and back: forget them.
             self.ingest.engine.profiles.clear()
             if revoked:
@@ -126,6 +129,7 @@ class Ingest:
         self.skew_us = int(settings.max_clock_skew_seconds * US)
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = False
+        self._commit_task: asyncio.Task[None] | None = None
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
@@ -163,6 +167,7 @@ class Ingest:
     async def stop(self) -> None:
         self._stopping = True
         async with self.batch_lock:
+            await self.committed()
             if self._consumer is not None:
                 await self._consumer.stop()
 
@@ -177,7 +182,16 @@ class Ingest:
                 if self._stopping:
                     return
                 await self.process(batch)
-                await self._commit(batch)
+                # The commit runs while the next batch is fetched and
+                # processed; commits stay in order, one in flight at a time.
+                await self.committed()
+                self._commit_task = asyncio.create_task(self._commit(batch))
+
+    async def committed(self) -> None:
+        """Wait for the offset commit in flight, if any."""
+        task, self._commit_task = self._commit_task, None
+        if task is not None:
+            await task
 
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> BatchStats:
         """Steps 1-3 of the module docstring for one ``getmany`` result."""

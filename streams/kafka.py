@@ -76,7 +76,9 @@ class Publisher:
             **self.settings.kafka_client_options(),
             acks="all",
             enable_idempotence=True,
-            linger_ms=2,
+            # Records of a batch are sent in a loop without yielding, so
+            # they are batched anyway; lingering would only add latency.
+            linger_ms=0,
             max_batch_size=256 * 1024,
         )
         await self._producer.start()

@@ -15,13 +15,13 @@ def ref(n: int) -> ContactRef:
 def test_take_removes_entries_and_counts_hits_and_misses() -> None:
     cache = ProfileCache(10)
     profile = Profile(version=3)
-    profile.touched.add("signal.x")
+    profile.touched = frozenset({"signal.x"})  # what the last update touched
     cache.put(ref(1), profile, b"[1]")
     found = cache.take([ref(1), ref(2)])
     assert list(found) == [ref(1)]
     assert found[ref(1)].profile is profile
     assert found[ref(1)].outbox == b"[1]"
-    assert profile.touched == set()  # a fresh update starts with nothing touched
+    assert profile.touched == frozenset()  # a fresh update starts with nothing touched
     assert (cache.hits, cache.misses, len(cache)) == (1, 1, 0)
     assert cache.take([ref(1)]) == {}  # taken: gone until put back
 

@@ -244,7 +244,9 @@ def test_the_stored_form_reads_back_identically(
     events = [build(i, kind, ago) for i, (kind, ago) in enumerate(history)]
     profile = fold(events)
     profile.dates["mc"] = profile.dates.get("mc", NOW_US) + fraction
-    profile.business_times = sorted({*profile.business_times, NOW_US - fraction})
+    profile.business_times = tuple(
+        sorted({*profile.business_times, NOW_US - fraction})
+    )
     profile.membership = {"seg_a": 3, "seg_b": 4}
     profile.next_wake_us = NOW_US + 86_400 * 1_000_000
     again = Profile.decode(profile.encode(), profile.version)
