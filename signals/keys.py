@@ -6,8 +6,9 @@ slot, so a Lua script may touch them together.
 ========================================  ========  ==============================
 key                                       type      holds
 ========================================  ========  ==============================
-``<p>:c:{<tenant>:<contact>}``            string    ``<version>|<profile>`` (DEFLATEd
-                                                    JSON, ``signals.profile``)
+``<p>:c:{<tenant>:<contact>}``            string    ``<version>|<profile>`` (zstd-
+                                                    compressed JSON,
+                                                    ``signals.profile``)
 ``<p>:o:{<tenant>:<contact>}``            string    membership changes written but
                                                     not yet acknowledged by Kafka
 ``<p>:w:{<shard>}``                       zset      wake-ups: ``tenant:contact`` by
@@ -24,6 +25,10 @@ key                                       type      holds
 ``<p>:tenants``                           set       tenants with settings/segments
 ``<p>:dl:{<topic>|<kind>}:<partition>``   string    highest input offset whose dead
                                                     letter Kafka acknowledged
+``<p>:dl:{<topic>|<kind>}:<partition>``   hash      dead-letter partition -> the
+``:positions``                                      offset before which none of
+                                                    the partition's unmarked
+                                                    letters can be
 ``<p>:epoch``                             string    bumped on every definition or
                                                     tenant change; workers reload
 ``<p>:clock``                             string    the manual test clock (µs)
@@ -105,6 +110,11 @@ class Keys:
 
     def deadletter_mark(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:dl:{{{topic}}}:{partition}"
+
+    def deadletter_positions(self, topic: str, partition: int) -> str:
+        """Per dead-letter partition, where the letters of an input partition
+        that its mark may not cover yet can start."""
+        return f"{self.prefix}:dl:{{{topic}}}:{partition}:positions"
 
     def tenant_progress(self, tenant_id: str) -> str:
         return f"{self.prefix}:t:{{{tenant_id}}}:progress"

@@ -122,6 +122,17 @@ if tonumber(ARGV[1]) > stored then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 """
 
+# KEYS: a hash; ARGV: field, value pairs. Raises each field to its value.
+_HASH_MAX = """
+for i = 1, #ARGV, 2 do
+  local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1')
+  if tonumber(ARGV[i + 1]) > stored then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 1
+"""
+
 _SET_CLOCK = """
 local stored = redis.call('GET', KEYS[1])
 if tonumber(ARGV[1]) >= tonumber(stored or '0') then
@@ -189,6 +200,7 @@ class Store:
             "wake": _WAKE_SET,
             "clock": _SET_CLOCK,
             "max": _SET_MAX,
+            "hmax": _HASH_MAX,
         }
         self._sha: dict[str, str] = {}
 
@@ -327,19 +339,37 @@ class Store:
 
     async def deadletter_marks(
         self, partitions: Sequence[tuple[str, int]]
-    ) -> list[int]:
-        """Per input partition, the highest offset already dead-lettered (-1)."""
+    ) -> list[tuple[int, dict[int, int]]]:
+        """Per input partition, the highest offset already dead-lettered (-1)
+        and the positions in the dead-letter topic where letters beyond that
+        mark can start (per dead-letter partition; empty: none recorded)."""
         pipe = self.redis.pipeline(transaction=False)
         for topic, partition in partitions:
             pipe.get(self.keys.deadletter_mark(topic, partition))
-        return [int(v) if v is not None else -1 for v in await self._execute(pipe)]
+            pipe.hgetall(self.keys.deadletter_positions(topic, partition))
+        results = await self._execute(pipe)
+        out = []
+        for mark, positions in zip(results[::2], results[1::2], strict=True):
+            offset = int(mark) if mark is not None else -1
+            out.append((offset, {int(k): int(v) for k, v in positions.items()}))
+        return out
 
-    async def set_deadletter_marks(self, marks: Mapping[tuple[str, int], int]) -> None:
+    async def set_deadletter_marks(
+        self,
+        marks: Mapping[tuple[str, int], int],
+        positions: Mapping[tuple[str, int], Mapping[int, int]],
+    ) -> None:
+        """Raise input partitions' marks and their dead-letter positions."""
         pipe = self.redis.pipeline(transaction=False)
         for (topic, partition), offset in marks.items():
             pipe.evalsha(
                 self._sha["max"], 1, self.keys.deadletter_mark(topic, partition), offset
             )
+        for (topic, partition), where in positions.items():
+            if where:
+                pairs = [x for item in sorted(where.items()) for x in item]
+                key = self.keys.deadletter_positions(topic, partition)
+                pipe.evalsha(self._sha["hmax"], 1, key, *pairs)
         await self._execute(pipe)
 
     def _queue_wakeups(

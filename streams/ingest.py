@@ -98,6 +98,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         logger.info("Partitions assigned: %s", _describe(assigned) or "none")
         self.ingest.assigned = set(assigned)
         self.ingest.joined = True
+        # Another worker may have dead-lettered for these partitions and
+        # crashed before marking: look again before dead-lettering here.
+        self.ingest.letters_checked.clear()
+
+
+def _letter_group(kind: str) -> str:
+    """Processing failures and invalid records keep separate marks."""
+    return "processing" if kind == "processing" else "invalid"
 
 
 def _describe(partitions: set[TopicPartition]) -> str:
@@ -130,6 +138,9 @@ class Ingest:
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = False
         self._commit_task: asyncio.Task[None] | None = None
+        #: Mark keys whose dead letters were looked up in the topic since the
+        #: last assignment (see ``_dead_letter``).
+        self.letters_checked: set[tuple[str, int]] = set()
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
@@ -251,32 +262,76 @@ class Ingest:
     async def _dead_letter(self, letters: list[DeadLetter]) -> int:
         """Publish dead letters once, even when their batch is replayed.
 
-        Each input partition keeps the highest offset whose dead letter Kafka
-        acknowledged (one mark for invalid records, one for processing
-        failures); a replayed batch (after a crash, a rebalance, a group
-        reset) skips what is at or below it. Only a crash between Kafka's
-        acknowledgement and that mark's update can repeat a dead letter.
+        Each input partition keeps a mark, the highest offset whose dead
+        letter Kafka acknowledged (one mark for invalid records, one for
+        processing failures); a replayed batch (after a crash, a rebalance, a
+        group reset) skips what is at or below it. The mark is raised after
+        Kafka's acknowledgement, so a crash in between leaves letters in the
+        topic beyond their mark. Each mark therefore also keeps positions in
+        the dead-letter topic before which none of its unmarked letters can
+        be (read from the topic's end before its first letter, then moved on
+        past each letter published). The first time a partition dead-letters
+        after an assignment, the topic is read from those positions to its
+        end, and letters already there are marked, not published again.
         """
 
         # Invalid records and processing failures of one batch are published
         # in two steps, each in offset order: each keeps its own marks.
         def mark(d: DeadLetter) -> tuple[str, int]:
-            group = "processing" if d.kind == "processing" else "invalid"
-            return f"{d.topic}|{group}", d.partition
+            return f"{d.topic}|{_letter_group(d.kind)}", d.partition
 
-        partitions = sorted({mark(d) for d in letters})
-        stored = await self.engine.store.deadletter_marks(partitions)
-        marks = dict(zip(partitions, stored, strict=True))
-        fresh = [d for d in letters if d.offset > marks[mark(d)]]
-        if not fresh:
-            return 0
-        await self.publisher.publish_deadletters([d.record() for d in fresh])
+        store = self.engine.store
+        keys = sorted({mark(d) for d in letters})
+        stored = dict(zip(keys, await store.deadletter_marks(keys), strict=True))
+        unplaced = [key for key in keys if not stored[key][1]]
+        if unplaced:
+            # Before a partition's first letter: nothing of it can be earlier.
+            ends = await self.publisher.deadletter_ends()
+            await store.set_deadletter_marks({}, dict.fromkeys(unplaced, ends))
+            for key in unplaced:
+                stored[key] = (stored[key][0], ends)
+        published: set[tuple[str, int, int, str]] = set()
+        unchecked = [key for key in keys if key not in self.letters_checked]
+        if unchecked:
+            since: dict[int, int] = {}
+            for key in unchecked:
+                for part, offset in stored[key][1].items():
+                    since[part] = min(since.get(part, offset), offset)
+            for (
+                topic,
+                partition,
+                offset,
+                kind,
+            ) in await self.publisher.published_deadletters(since):
+                published.add((topic, partition, offset, _letter_group(kind)))
+            self.letters_checked.update(unchecked)
+
         highest: dict[tuple[str, int], int] = {}
-        for d in fresh:
+        fresh = []
+        for d in letters:
             key = mark(d)
+            if d.offset <= stored[key][0]:
+                continue
             highest[key] = max(highest.get(key, -1), d.offset)
-            self.engine.metrics.dead_letters.labels(d.kind).inc()
-        await self.engine.store.set_deadletter_marks(highest)
+            if (d.topic, d.partition, d.offset, _letter_group(d.kind)) in published:
+                continue  # published before a crash, not marked yet
+            fresh.append(d)
+        after: dict[int, int] = {}
+        if fresh:
+            after = await self.publisher.publish_deadletters(
+                [d.record() for d in fresh]
+            )
+            for d in fresh:
+                self.engine.metrics.dead_letters.labels(d.kind).inc()
+        if highest:
+            await store.set_deadletter_marks(highest, dict.fromkeys(highest, after))
+        repeats = sum(1 for d in letters if d.offset > stored[mark(d)][0]) - len(fresh)
+        if repeats:
+            logger.info(
+                "%d dead letters were published before a crash and not marked; "
+                "they are marked now, not published again",
+                repeats,
+            )
         logger.debug("%d records dead-lettered", len(fresh))
         return len(fresh)
 

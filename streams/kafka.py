@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -95,13 +95,14 @@ class Publisher:
 
     async def _send_all(
         self, topic: str, items: Sequence[tuple[bytes | None, bytes, list[Any]]]
-    ) -> None:
+    ) -> list[Any]:
+        """Send every item and wait for Kafka; returns their record metadata."""
         try:
             futures = [
                 await self.producer.send(topic, value, key=key, headers=headers)
                 for key, value, headers in items
             ]
-            await asyncio.gather(*futures)
+            return list(await asyncio.gather(*futures))
         except KafkaError as exc:
             raise KafkaUnavailableError(f"publishing to {topic} failed: {exc}") from exc
 
@@ -116,5 +117,72 @@ class Publisher:
 
     async def publish_deadletters(
         self, letters: Sequence[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
-    ) -> None:
-        await self._send_all(self.deadletter_topic, letters)
+    ) -> dict[int, int]:
+        """Publish dead letters; returns, per dead-letter partition written,
+        the offset after the last of them."""
+        after: dict[int, int] = {}
+        for meta in await self._send_all(self.deadletter_topic, letters):
+            after[meta.partition] = max(after.get(meta.partition, 0), meta.offset + 1)
+        return after
+
+    async def deadletter_ends(self) -> dict[int, int]:
+        """Per partition of the dead-letter topic, the offset of its end."""
+        async with self._deadletter_reader() as (consumer, tps):
+            ends = await consumer.end_offsets(tps) if tps else {}
+        return {tp.partition: end for tp, end in ends.items()}
+
+    async def published_deadletters(
+        self, positions: dict[int, int]
+    ) -> set[tuple[str, int, int, str]]:
+        """Dead letters in the topic from ``positions`` (per partition; 0 where
+        absent) to its end, as (source topic, partition, offset, error kind)."""
+        found: set[tuple[str, int, int, str]] = set()
+        async with self._deadletter_reader() as (consumer, tps):
+            if not tps:
+                return found
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            left = {}
+            for tp in tps:
+                start = min(positions.get(tp.partition, 0), ends[tp])
+                consumer.seek(tp, start)
+                if start < ends[tp]:
+                    left[tp] = ends[tp]
+            while left:
+                batch = await consumer.getmany(*left, timeout_ms=1000)
+                for tp, records in batch.items():
+                    for rec in records:
+                        if rec.offset < left.get(tp, -1):
+                            found.add(_letter_source(rec.headers))
+                        if rec.offset + 1 >= left.get(tp, -1):
+                            left.pop(tp, None)
+        return found
+
+    @contextlib.asynccontextmanager
+    async def _deadletter_reader(
+        self,
+    ) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
+        consumer = AIOKafkaConsumer(
+            **self.settings.kafka_client_options(),
+            group_id=None,
+            enable_auto_commit=False,
+        )
+        topic = self.deadletter_topic
+        try:
+            numbers = await self.producer.partitions_for(topic)
+            await consumer.start()
+            yield consumer, [TopicPartition(topic, p) for p in sorted(numbers)]
+        except KafkaError as exc:
+            raise KafkaUnavailableError(f"reading {topic} failed: {exc}") from exc
+        finally:
+            await consumer.stop()
+
+
+def _letter_source(headers: Sequence[tuple[str, bytes]]) -> tuple[str, int, int, str]:
+    h = dict(headers)
+    return (
+        h.get("source_topic", b"").decode(),
+        int(h.get("source_partition", b"-1")),
+        int(h.get("source_offset", b"-1")),
+        h.get("error_kind", b"").decode(),
+    )
