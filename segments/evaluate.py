@@ -128,12 +128,19 @@ class CompiledRule:
                 return True
         return False
 
-    def next_change(self, view: ContactView, today: date, tz: ZoneInfo) -> date | None:
+    def next_change(
+        self,
+        view: ContactView,
+        today: date,
+        tz: ZoneInfo,
+        answer: bool | None = None,
+    ) -> date | None:
         """The first local date after ``today`` on which ``matches`` differs.
 
         Assumes the contact stays as ``view`` shows it. None when the answer
         never changes; the horizon date (``today`` + ``HORIZON_DAYS``) when a
         recurring condition was only looked at that far and nothing changed.
+        ``answer`` is ``matches`` on ``today``, when the caller knows it.
         """
         # 1. Gather every date on which some condition may flip.
         candidates: set[date] = set()
@@ -145,8 +152,11 @@ class CompiledRule:
 
         # 2. Walk them in order. Past the horizon, recurring breakpoints were
         #    not listed, so the first change could hide among them: stop there.
+        if not candidates and not recurring:
+            return None  # no condition depends on the date
         horizon = today + _HORIZON
-        answer = self.matches(view, today, tz)
+        if answer is None:
+            answer = self.matches(view, today, tz)
         for day in sorted(day for day in candidates if day > today):
             if recurring and day > horizon:
                 break

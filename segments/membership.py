@@ -14,7 +14,7 @@ and n.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
@@ -104,12 +104,16 @@ def evaluate(
     reason: Reason,
     at_us: int,
     caused_by: str | None,
+    answers: dict[str, bool] | None = None,
 ) -> list[Change]:
-    """Re-evaluate ``segments`` for one contact and record the answers."""
+    """Re-evaluate ``segments`` for one contact and record the answers (also
+    into ``answers``, by segment id, when given)."""
     ref = ContactRef(view.tenant_id, view.contact_id)
     changes = []
     for segment in segments:
         member = segment.compiled.matches(view, today, tz)
+        if answers is not None:
+            answers[segment.id] = member
         change = record(
             profile,
             ref,
@@ -125,14 +129,20 @@ def evaluate(
 
 
 def next_wake(
-    view: ContactView, segments: Iterable[Segment], today: date, tz: ZoneInfo
+    view: ContactView,
+    segments: Iterable[Segment],
+    today: date,
+    tz: ZoneInfo,
+    answers: Mapping[str, bool] | None = None,
 ) -> tuple[int | None, str | None]:
     """The first instant (µs) at which any of ``segments`` can change by time,
-    and the segment that changes then."""
+    and the segment that changes then. ``answers`` may hold segments' answers
+    on ``today``, already known."""
     soonest: date | None = None
     which: str | None = None
+    known = answers or {}
     for segment in segments:
-        day = segment.compiled.next_change(view, today, tz)
+        day = segment.compiled.next_change(view, today, tz, known.get(segment.id))
         if day is not None and (soonest is None or day < soonest):
             soonest, which = day, segment.id
     if soonest is None:

@@ -28,6 +28,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -60,6 +61,12 @@ MAX_ATTEMPTS = 8
 #: Most boundaries one contact is walked through in one clock update; beyond
 #: that the wake-up stays due and the next sweep carries on from there.
 MAX_BOUNDARIES = 400
+
+
+@lru_cache(maxsize=64)
+def _local_today(now_us: int, tz: ZoneInfo) -> date:
+    """``local_date_us`` for the one "now" of an update, asked per contact."""
+    return local_date_us(now_us, tz)
 
 
 class MembershipSink(Protocol):
@@ -242,7 +249,7 @@ class Engine:
                     continue
 
                 view = profile.view(ref.tenant_id, ref.contact_id, tz)
-                today = local_date_us(now, tz)
+                today = _local_today(now, tz)
                 at = now
                 changes: list[Change] = []
                 membership_before = len(profile.membership)
@@ -268,6 +275,7 @@ class Engine:
                     )
                     changes += walked
                 else:
+                    answers: dict[str, bool] = {}
                     changes += evaluate(
                         profile,
                         view,
@@ -277,9 +285,10 @@ class Engine:
                         reason=reason,
                         at_us=at,
                         caused_by=caused_by,
+                        answers=answers,
                     )
                     wake, wake_segment = self._next_wake(
-                        profile, view, tenant.active, affected, today, tz
+                        profile, view, tenant.active, affected, today, tz, answers
                     )
                 outbox = pending_outbox + [c.payload() for c in changes]
                 needs_write = (
@@ -399,6 +408,7 @@ class Engine:
         which: str | None = None
         for _boundary in range(MAX_BOUNDARIES):
             day = local_date_us(point, tz)
+            answers: dict[str, bool] = {}
             changes += evaluate(
                 profile,
                 view,
@@ -408,8 +418,9 @@ class Engine:
                 reason="clock",
                 at_us=point,
                 caused_by=None,
+                answers=answers,
             )
-            wake, which = next_wake(view, active, day, tz)
+            wake, which = next_wake(view, active, day, tz, answers)
             if wake is None or wake > now:
                 break
             point = wake
@@ -447,17 +458,19 @@ class Engine:
         affected: list[Segment] | None,
         today: date,
         tz: ZoneInfo,
+        answers: Mapping[str, bool],
     ) -> tuple[int | None, str | None]:
         """The next wake-up, recomputing only what the events can have moved.
 
         The stored wake-up is the minimum over all segments; if the segment
         that set it is unaffected it still holds, and the minimum with the
-        affected segments' new instants is the new one.
+        affected segments' new instants is the new one. ``answers`` are the
+        answers on ``today`` of the segments just evaluated.
         """
         ids = {s.id for s in affected} if affected is not None else None
         if ids is None or profile.next_wake_segment in ids:
-            return next_wake(view, active, today, tz)
-        wake, which = next_wake(view, affected or (), today, tz)
+            return next_wake(view, active, today, tz, answers)
+        wake, which = next_wake(view, affected or (), today, tz, answers)
         stored = profile.next_wake_us
         if stored is not None and (wake is None or stored <= wake):
             return stored, profile.next_wake_segment
