@@ -66,9 +66,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DAY_US = 86400 * 1_000_000
 
 #: Round trips per batch by reading the code (``streams/engine.py``,
-#: ``signals/store.py``): load, write, and when any membership changed,
-#: clear outboxes and index members / move wake-ups; the manual clock adds one.
-ROUND_TRIPS_PER_BATCH = 4
+#: ``signals/store.py``): load, write, and when any membership changed, one
+#: to index members, clear outboxes and move wake-ups; the manual clock adds
+#: one.
+ROUND_TRIPS_PER_BATCH = 3
 
 
 @dataclass
