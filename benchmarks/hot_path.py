@@ -42,6 +42,7 @@ from signals.keys import ContactRef, Keys
 from signals.redis_client import connect
 from signals.store import Store
 from signals.windows import US
+from streams.collector import Collector
 from streams.engine import Clock, Engine
 
 
@@ -74,13 +75,16 @@ class EncodingSink:
         return hashlib.sha256(repr(sorted(self._seen)).encode()).hexdigest()[:12]
 
 
-async def drain(engine: Engine, values: list[bytes], batch: int) -> None:
+async def drain(
+    engine: Engine, values: list[bytes], batch: int, collector: Collector
+) -> None:
     for start in range(0, len(values), batch):
         work: dict[ContactRef, list[Event]] = defaultdict(list)
         for value in values[start : start + batch]:
             event = parse_event(value)
             work[ContactRef(event.tenant_id, event.contact_id)].append(event)
         await engine.update(work, reason="event")
+        collector.after_batch()
 
 
 async def main() -> None:
@@ -122,6 +126,8 @@ async def main() -> None:
         spec = PartSpec("", "", f"r{n}", 0, 1, args.events, args.contacts, now_us)
         passes.append([orjson.dumps(e) for e in part_events(spec)])
 
+    collector = Collector()
+    collector.start()  # as the worker does
     profiler = cProfile.Profile() if args.profile else None
     rates, cpu = [], []
     try:
@@ -129,7 +135,7 @@ async def main() -> None:
             if profiler and n == len(passes) - 1:
                 profiler.enable()
             wall, proc = time.perf_counter(), time.process_time()
-            await drain(engine, values, args.batch)
+            await drain(engine, values, args.batch, collector)
             wall, proc = time.perf_counter() - wall, time.process_time() - proc
             if profiler:
                 profiler.disable()

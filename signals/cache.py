@@ -21,6 +21,7 @@ profile with 90 days of realistic history takes about 6 KB of worker memory.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -38,8 +39,10 @@ class ProfileCache:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         # Insertion order is recency order: an entry is taken out for every
-        # update and put back at the end after it.
-        self._items: dict[ContactRef, Cached] = {}
+        # update and put back at the end after it. An OrderedDict, because a
+        # plain dict's oldest entry is found by scanning past the holes that
+        # takes leave at its front (measured: 5.8 against 0.5 µs per put).
+        self._items: OrderedDict[ContactRef, Cached] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -67,7 +70,7 @@ class ProfileCache:
         profile.touched = UNTOUCHED  # what the next update touches starts empty
         items[ref] = Cached(profile, outbox)
         while len(items) > self.capacity:
-            del items[next(iter(items))]
+            items.popitem(last=False)
 
     def cleared_outbox(self, ref: ContactRef) -> None:
         """The outbox of ``ref`` was published and deleted."""

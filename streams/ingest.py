@@ -45,6 +45,7 @@ from schemas.events import Event, parse_event
 from signals.errors import InvalidEventError
 from signals.keys import ContactRef
 from signals.windows import US, rfc3339, to_us
+from streams.collector import Collector
 from streams.engine import Engine, Outcome
 from streams.kafka import Publisher, input_topics
 from streams.retry import RetryPolicy
@@ -138,6 +139,9 @@ class Ingest:
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = False
         self._commit_task: asyncio.Task[None] | None = None
+        #: Runs Python's cyclic garbage collector between batches; the worker
+        #: process starts it (``streams.cli``), tests and tools leave it be.
+        self.collector = Collector()
         #: Mark keys whose dead letters were looked up in the topic since the
         #: last assignment (see ``_dead_letter``).
         self.letters_checked: set[tuple[str, int]] = set()
@@ -184,6 +188,7 @@ class Ingest:
 
     async def run(self) -> None:
         while not self._stopping:
+            self.collector.tick()
             batch = await self.consumer.getmany(
                 timeout_ms=200, max_records=self.settings.batch_max_records
             )
@@ -197,6 +202,7 @@ class Ingest:
                 # processed; commits stay in order, one in flight at a time.
                 await self.committed()
                 self._commit_task = asyncio.create_task(self._commit(batch))
+            self.collector.after_batch()
 
     async def committed(self) -> None:
         """Wait for the offset commit in flight, if any."""
