@@ -18,13 +18,13 @@ business-message times behind ``first_business_reply_to_last_ctwa`` are capped
 (see ``BUSINESS_TIMES_CAP``). Nothing else grows with the number of events.
 
 Storage. The in-memory form is the stored document itself (short codes as
-keys, instants in microseconds, "latest" values as ``[occurred_at, event_id,
-value]``), so writing a profile is one ``orjson.dumps`` and one compression,
-and reading it is the reverse; only counter slots and business-message times
-are delta-coded on the way. Documents are compressed with zstd and a preset
-dictionary (``_ZDICT_V2``). The stored layout is versioned by ``FORMAT``; the
-previous layout (``FORMAT`` 2, DEFLATE) still reads, and is written in the
-current one the next time the contact changes.
+keys, instants in microseconds, "latest" values as ``(occurred_at, event_id,
+value)``, stored as JSON arrays), so writing a profile is one ``orjson.dumps``
+and one compression, and reading it is the reverse; only counter slots and
+business-message times are delta-coded on the way. Documents are compressed
+with zstd and a preset dictionary (``_ZDICT_V2``). The stored layout is
+versioned by ``FORMAT``; the previous layout (``FORMAT`` 2, DEFLATE) still
+reads, and is written in the current one the next time the contact changes.
 """
 
 from __future__ import annotations
@@ -243,11 +243,6 @@ def _unpack(packed: int | list[int]) -> int:
     return packed[0] * US + packed[1]
 
 
-def _undeltas(packed: list[int]) -> list[int]:
-    """Delta-coded slots, one per event, as the ascending list of slots."""
-    return list(itertools.accumulate(packed))
-
-
 def _undeltas_sorted(stored: list[int | list[int]]) -> list[int]:
     out: list[int] = []
     previous = 0
@@ -265,8 +260,7 @@ def _decode_v2(document: dict[str, Any]) -> dict[str, Any]:
     ids = document.get("i", [])
 
     def stamped(v: list[Any]) -> Stamped:
-        value = tuple(v[2]) if isinstance(v[2], list) else v[2]
-        return (_unpack(v[0]), ids[v[1]], value)
+        return _stamped([_unpack(v[0]), ids[v[1]], v[2]])
 
     wake = document.get("n")
     return {
@@ -274,8 +268,7 @@ def _decode_v2(document: dict[str, Any]) -> dict[str, Any]:
         "latest": {k: stamped(v) for k, v in document.get("l", {}).items()},
         "attributes": {k: stamped(v) for k, v in document.get("a", {}).items()},
         "counters": {
-            code: tuple(_undeltas(packed))
-            for code, packed in document.get("c", {}).items()
+            code: _unsteps(packed) for code, packed in document.get("c", {}).items()
         },
         "business_times": tuple(sorted(_undeltas_sorted(document.get("b", [])))),
         "seen": document.get("s", {}),
@@ -324,9 +317,9 @@ class Profile:
     version: int = 0
     #: Date signal code -> instant (µs).
     dates: dict[str, int] = field(default_factory=dict)
-    #: Code of a "latest" value -> ``[occurred_at µs, event_id, value]``.
+    #: Code of a "latest" value -> ``(occurred_at µs, event_id, value)``.
     latest: dict[str, Stamped] = field(default_factory=dict)
-    #: Attribute name -> ``[occurred_at µs, event_id, value or None]``.
+    #: Attribute name -> ``(occurred_at µs, event_id, value or None)``.
     attributes: dict[str, Stamped] = field(default_factory=dict)
     #: Counter code -> the 15-minute UTC slot of every counted event, ascending.
     counters: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -552,18 +545,14 @@ class Profile:
             strings["last_template_type"] = template_type
         if _CTWA_URL in self.latest:
             strings["last_ctwa_ad_source_url"] = self.latest[_CTWA_URL][2]
-        dates = _Dates(self.dates)
-        counter_days = _CounterDays(self.counters, tz)
         return ContactView(
             tenant_id=tenant_id,
             contact_id=contact_id,
-            dates=dates,
-            local_dates=dates.local,
+            dates=_Dates(self.dates),
             strings=strings,
-            counter_days=counter_days,
-            counts=counter_days.count,
-            recent_days=counter_days.recent,
+            counter_days=_CounterDays(self.counters, tz),
             attributes=self.current_attributes(),
+            fast=_FastReads(self.dates, self.counters, tz),
         )
 
     def current_attributes(self) -> dict[str, AttributeValue]:
@@ -591,12 +580,6 @@ class _Dates(Mapping[str, datetime]):
         if code is None or code not in self._by_code:
             return default
         return self[name]
-
-    def local(self, name: str, tz: ZoneInfo) -> date | None:
-        """The local date of a date signal in ``tz``, without a datetime: all
-        instants of a 15-minute slot share their local date, cached by slot."""
-        instant = self._by_code.get(_DATE_CODES[name])
-        return None if instant is None else slot_local_date(instant // SLOT_US, tz)
 
     def __contains__(self, name: object) -> bool:
         code = _DATE_CODES.get(name) if isinstance(name, str) else None
@@ -639,37 +622,55 @@ class _CounterDays(Mapping[Counter, Sequence[tuple[date, int]]]):
         except KeyError:
             return default
 
-    def recent(self, signal: str, today: date) -> list[date]:
-        """The local dates a counter signal still counts on ``today``."""
-        counter, days = COUNT_SIGNALS[signal]
-        slots = self._by_code.get(_COUNTER_CODES[counter])
-        if not slots:
-            return []
-        first = _first_slot(window_start(today, days), self._tz)
-        tz = self._tz
-        out: list[date] = []
-        for slot in slots[bisect.bisect_left(slots, first) :]:
-            day = slot_local_date(slot, tz)
-            if not out or out[-1] != day:
-                out.append(day)
-        return out
-
-    def count(self, signal: str, today: date) -> int:
-        """A counter signal on local date ``today``: the slots from the first
-        one of the window's first day on (local dates never decrease with
-        slots, and local midnight is always a slot boundary)."""
-        counter, days = COUNT_SIGNALS[signal]
-        slots = self._by_code.get(_COUNTER_CODES[counter])
-        if not slots:
-            return 0
-        first = _first_slot(window_start(today, days), self._tz)
-        return len(slots) - bisect.bisect_left(slots, first)
-
     def __iter__(self) -> Iterator[Counter]:
         return (c for c, code in _COUNTER_CODES.items() if self._by_code.get(code))
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+class _FastReads:
+    """The profile's answers to ``ContactView``'s reads, on its integers.
+
+    All instants of a 15-minute slot share their local date (cached by slot),
+    local dates never decrease with slots, and local midnight is always a
+    slot boundary: so a counter's value on a day is the number of slots from
+    the first one of its window, found by bisection.
+    """
+
+    __slots__ = ("_counters", "_dates", "_tz")
+
+    def __init__(
+        self, dates: dict[str, int], counters: dict[str, tuple[int, ...]], tz: ZoneInfo
+    ) -> None:
+        self._dates = dates
+        self._counters = counters
+        self._tz = tz
+
+    def local_date(self, signal: str, tz: ZoneInfo) -> date | None:
+        instant = self._dates.get(_DATE_CODES[signal])
+        return None if instant is None else slot_local_date(instant // SLOT_US, tz)
+
+    def _window(self, signal: str, today: date) -> tuple[tuple[int, ...], int]:
+        """A counter signal's slots and the index of the first in its window."""
+        counter, days = COUNT_SIGNALS[signal]
+        slots = self._counters.get(_COUNTER_CODES[counter], ())
+        first = _first_slot(window_start(today, days), self._tz)
+        return slots, bisect.bisect_left(slots, first)
+
+    def count(self, signal: str, today: date) -> int:
+        slots, start = self._window(signal, today)
+        return len(slots) - start
+
+    def counted_days(self, signal: str, today: date) -> list[date]:
+        slots, start = self._window(signal, today)
+        tz = self._tz
+        out: list[date] = []
+        for slot in slots[start:]:
+            day = slot_local_date(slot, tz)
+            if not out or out[-1] != day:
+                out.append(day)
+        return out
 
 
 def signals_json(view: ContactView, today: date) -> dict[str, str | int | None]:

@@ -23,29 +23,31 @@ from redis.asyncio.connection import (
 )
 
 
-def _pack(connection: Any, args: tuple[Any, ...]) -> list[bytes] | None:
-    command = args[0]
-    if isinstance(command, str) and " " in command:
-        return None  # "CONFIG GET" and friends: redis-py splits them
-    try:
-        return [hiredis.pack_command(args)]
-    except TypeError:
-        return None
+class _HiredisPacking:
+    """Packs with hiredis, falling back to the connection class's own packer."""
 
-
-class HiredisConnection(Connection):
     def pack_command(self, *args: Any) -> list[bytes]:
-        return _pack(self, args) or super().pack_command(*args)
+        command = args[0]
+        # "CONFIG GET" and friends: redis-py splits them into two arguments.
+        if not (isinstance(command, str) and " " in command):
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:
+                pass
+        packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
+        return packed
 
 
-class HiredisSSLConnection(SSLConnection):
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return _pack(self, args) or super().pack_command(*args)
+class HiredisConnection(_HiredisPacking, Connection):
+    pass
 
 
-class HiredisUnixConnection(UnixDomainSocketConnection):
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return _pack(self, args) or super().pack_command(*args)
+class HiredisSSLConnection(_HiredisPacking, SSLConnection):
+    pass
+
+
+class HiredisUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
+    pass
 
 
 _FAST: dict[type[Any], type[Any]] = {

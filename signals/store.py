@@ -38,7 +38,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -143,7 +150,7 @@ return stored
 """
 
 
-#: Contacts per script call of a batched write or clear: one call stays a
+#: Contacts per script call of a batched write or finish: one call stays a
 #: few milliseconds of Redis time, so other clients are not held up long.
 SCRIPT_BATCH = 500
 
@@ -153,6 +160,11 @@ _T = TypeVar("_T")
 def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _per_contact(results: list[Any], calls: int) -> list[Any]:
+    """The per-contact replies of the first ``calls`` batched script calls."""
+    return [reply for call in results[:calls] for reply in call]
 
 
 class Loaded(NamedTuple):
@@ -264,25 +276,21 @@ class Store:
         lost (its version is older than the winner's).
         """
         pipe = self.redis.pipeline(transaction=False)
-        cas = self._sha["cas"]
+
+        def cas(w: ContactWrite) -> tuple[list[str], list[Any]]:
+            body = b"%d|" % w.profile.version + w.profile.encode()
+            keys = [self.keys.contact(w.ref), self.keys.outbox(w.ref)]
+            return keys, [w.profile.version - 1, body, w.outbox]
+
+        calls = self._queue_per_contact(pipe, "cas", writes, cas)
         new_by_tenant: dict[str, list[str]] = defaultdict(list)
-        calls = 0
-        for chunk in _chunks(writes, SCRIPT_BATCH):
-            keys: list[str] = []
-            args: list[Any] = []
-            for w in chunk:
-                keys += (self.keys.contact(w.ref), self.keys.outbox(w.ref))
-                body = b"%d|" % w.profile.version + w.profile.encode()
-                args += (w.profile.version - 1, body, w.outbox)
-                if w.is_new:
-                    new_by_tenant[w.ref.tenant_id].append(w.ref.contact_id)
-            pipe.evalsha(cas, len(keys), *keys, *args)
-            calls += 1
+        for w in writes:
+            if w.is_new:
+                new_by_tenant[w.ref.tenant_id].append(w.ref.contact_id)
         for tenant, contacts in new_by_tenant.items():
             pipe.sadd(self.keys.tenant_contacts(tenant), *contacts)
         self._queue_wakeups(pipe, wakeups)
-        results = await self._execute(pipe)
-        written = [ok for reply in results[:calls] for ok in reply]
+        written = _per_contact(await self._execute(pipe), calls)
         return {w.ref for w, ok in zip(writes, written, strict=True) if not ok}
 
     async def finish(self, done: Sequence[Finished]) -> set[ContactRef]:
@@ -297,22 +305,40 @@ class Store:
         if not done:
             return set()
         pipe = self.redis.pipeline(transaction=False)
+
+        def finish(f: Finished) -> tuple[list[str], list[Any]]:
+            tenant = f.ref.tenant_id
+            keys = [self.keys.outbox(f.ref)]
+            keys += (self.keys.members(tenant, s) for s in f.entered)
+            keys += (self.keys.members(tenant, s) for s in f.exited)
+            return keys, [f.outbox, f.ref.contact_id, len(f.entered), len(f.exited)]
+
+        calls = self._queue_per_contact(pipe, "finish", done, finish)
+        self._queue_wakeups(pipe, ((f.ref, 2 * f.version + 1, f.wake_us) for f in done))
+        cleared = _per_contact(await self._execute(pipe), calls)
+        return {f.ref for f, ok in zip(done, cleared, strict=True) if ok}
+
+    def _queue_per_contact(
+        self,
+        pipe: Any,
+        script: str,
+        items: Sequence[_T],
+        keys_and_args: Callable[[_T], tuple[list[str], list[Any]]],
+    ) -> int:
+        """Queue ``script`` once per ``SCRIPT_BATCH`` items, each item's keys
+        and arguments in turn; returns how many calls were queued (first in
+        the pipeline, so ``_per_contact`` finds their replies)."""
         calls = 0
-        for chunk in _chunks(done, SCRIPT_BATCH):
+        for chunk in _chunks(items, SCRIPT_BATCH):
             keys: list[str] = []
             args: list[Any] = []
-            for f in chunk:
-                tenant, contact = f.ref.tenant_id, f.ref.contact_id
-                keys.append(self.keys.outbox(f.ref))
-                keys += (self.keys.members(tenant, s) for s in f.entered)
-                keys += (self.keys.members(tenant, s) for s in f.exited)
-                args += (f.outbox, contact, len(f.entered), len(f.exited))
-            pipe.evalsha(self._sha["finish"], len(keys), *keys, *args)
+            for item in chunk:
+                more_keys, more_args = keys_and_args(item)
+                keys += more_keys
+                args += more_args
+            pipe.evalsha(self._sha[script], len(keys), *keys, *args)
             calls += 1
-        self._queue_wakeups(pipe, ((f.ref, 2 * f.version + 1, f.wake_us) for f in done))
-        results = await self._execute(pipe)
-        cleared = [ok for reply in results[:calls] for ok in reply]
-        return {f.ref for f, ok in zip(done, cleared, strict=True) if ok}
+        return calls
 
     # -- progress of long walks ------------------------------------------------------
 

@@ -8,9 +8,10 @@ depends on the storage format.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from signals.catalog import COUNT_SIGNALS, Counter
@@ -18,6 +19,16 @@ from signals.windows import window_start
 
 #: A JSON scalar as ``contact.updated`` attributes carry them.
 AttributeValue = str | int | float | bool
+
+
+class FastReads(Protocol):
+    """What a view's source may answer faster than the generic mappings."""
+
+    def local_date(self, signal: str, tz: ZoneInfo) -> date | None: ...
+
+    def count(self, signal: str, today: date) -> int: ...
+
+    def counted_days(self, signal: str, today: date) -> Iterable[date]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,43 +55,30 @@ class ContactView:
     _suffix: dict[Counter, tuple[list[date], list[int]]] = field(
         default_factory=dict, compare=False, repr=False
     )
-    #: A faster way to ``local_date``, when the view's source has one (the
-    #: profile keeps instants as integers and converts them by slot, cached).
-    local_dates: Callable[[str, ZoneInfo], date | None] | None = field(
-        default=None, compare=False, repr=False
-    )
-
-    #: A faster way to ``counted_days``, when the view's source has one.
-    recent_days: Callable[[str, date], Iterable[date]] | None = field(
-        default=None, compare=False, repr=False
-    )
+    #: Faster answers to the three reads below, when the view's source has
+    #: them (the profile keeps instants and counter slots as integers).
+    fast: FastReads | None = field(default=None, compare=False, repr=False)
 
     def local_date(self, signal: str, tz: ZoneInfo) -> date | None:
         """The local date in ``tz`` of a date signal, None when it is unset."""
-        if self.local_dates is not None:
-            return self.local_dates(signal, tz)
+        if self.fast is not None:
+            return self.fast.local_date(signal, tz)
         instant = self.dates.get(signal)
         return None if instant is None else instant.astimezone(tz).date()
-
-    #: A faster way to ``count``, when the view's source has one (the profile
-    #: counts its ascending slots from the window's first slot, by bisection).
-    counts: Callable[[str, date], int] | None = field(
-        default=None, compare=False, repr=False
-    )
 
     def counted_days(self, signal: str, today: date) -> Iterable[date]:
         """The local dates with counts that a counter signal still counts on
         ``today`` (from the window's first day on), ascending."""
-        if self.recent_days is not None:
-            return self.recent_days(signal, today)
+        if self.fast is not None:
+            return self.fast.counted_days(signal, today)
         counter, days = COUNT_SIGNALS[signal]
         start = window_start(today, days)
         return [day for day, _ in self.counter_days.get(counter, ()) if day >= start]
 
     def count(self, signal: str, today: date) -> int:
         """The value of a counter signal such as ``links_clicked_7d`` on ``today``."""
-        if self.counts is not None:
-            return self.counts(signal, today)
+        if self.fast is not None:
+            return self.fast.count(signal, today)
         counter, days = COUNT_SIGNALS[signal]
         cached = self._suffix.get(counter)
         if cached is None:

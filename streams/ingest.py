@@ -47,32 +47,11 @@ from signals.keys import ContactRef
 from signals.windows import US, rfc3339, to_us
 from streams.collector import Collector
 from streams.engine import Engine, Outcome
-from streams.kafka import Publisher, input_topics
+from streams.kafka import DeadLetter, Publisher, input_topics
 from streams.retry import RetryPolicy
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class DeadLetter:
-    key: bytes | None
-    value: bytes
-    topic: str
-    partition: int
-    offset: int
-    reason: str
-    kind: str
-
-    def record(self) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
-        headers = [
-            ("source_topic", self.topic.encode()),
-            ("source_partition", str(self.partition).encode()),
-            ("source_offset", str(self.offset).encode()),
-            ("reason", self.reason.encode()),
-            ("error_kind", self.kind.encode()),
-        ]
-        return self.key, self.value, headers
 
 
 @dataclass(slots=True)
@@ -102,11 +81,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # Another worker may have dead-lettered for these partitions and
         # crashed before marking: look again before dead-lettering here.
         self.ingest.letters_checked.clear()
-
-
-def _letter_group(kind: str) -> str:
-    """Processing failures and invalid records keep separate marks."""
-    return "processing" if kind == "processing" else "invalid"
 
 
 def _describe(partitions: set[TopicPartition]) -> str:
@@ -227,17 +201,7 @@ class Ingest:
                 try:
                     event = self._validate(rec.value, now)
                 except InvalidEventError as exc:
-                    letters.append(
-                        DeadLetter(
-                            rec.key,
-                            rec.value or b"",
-                            tp.topic,
-                            tp.partition,
-                            rec.offset,
-                            exc.reason,
-                            exc.kind,
-                        )
-                    )
+                    letters.append(DeadLetter.of(tp, rec, exc.reason, exc.kind))
                     continue
                 ref = ContactRef(event.tenant_id, event.contact_id)
                 work[ref].append(event)
@@ -281,13 +245,8 @@ class Ingest:
         end, and letters already there are marked, not published again.
         """
 
-        # Invalid records and processing failures of one batch are published
-        # in two steps, each in offset order: each keeps its own marks.
-        def mark(d: DeadLetter) -> tuple[str, int]:
-            return f"{d.topic}|{_letter_group(d.kind)}", d.partition
-
         store = self.engine.store
-        keys = sorted({mark(d) for d in letters})
+        keys = sorted({d.mark for d in letters})
         stored = dict(zip(keys, await store.deadletter_marks(keys), strict=True))
         unplaced = [key for key in keys if not stored[key][1]]
         if unplaced:
@@ -296,42 +255,35 @@ class Ingest:
             await store.set_deadletter_marks({}, dict.fromkeys(unplaced, ends))
             for key in unplaced:
                 stored[key] = (stored[key][0], ends)
-        published: set[tuple[str, int, int, str]] = set()
+        published: set[tuple[tuple[str, int], int]] = set()
         unchecked = [key for key in keys if key not in self.letters_checked]
         if unchecked:
             since: dict[int, int] = {}
             for key in unchecked:
                 for part, offset in stored[key][1].items():
                     since[part] = min(since.get(part, offset), offset)
-            for (
-                topic,
-                partition,
-                offset,
-                kind,
-            ) in await self.publisher.published_deadletters(since):
-                published.add((topic, partition, offset, _letter_group(kind)))
+            for found in await self.publisher.published_deadletters(since):
+                published.add((found.mark, found.offset))
             self.letters_checked.update(unchecked)
 
         highest: dict[tuple[str, int], int] = {}
         fresh = []
+        repeats = 0
         for d in letters:
-            key = mark(d)
-            if d.offset <= stored[key][0]:
+            if d.offset <= stored[d.mark][0]:
                 continue
-            highest[key] = max(highest.get(key, -1), d.offset)
-            if (d.topic, d.partition, d.offset, _letter_group(d.kind)) in published:
-                continue  # published before a crash, not marked yet
-            fresh.append(d)
+            highest[d.mark] = max(highest.get(d.mark, -1), d.offset)
+            if (d.mark, d.offset) in published:
+                repeats += 1  # published before a crash, not marked yet
+            else:
+                fresh.append(d)
         after: dict[int, int] = {}
         if fresh:
-            after = await self.publisher.publish_deadletters(
-                [d.record() for d in fresh]
-            )
+            after = await self.publisher.publish_deadletters(fresh)
             for d in fresh:
                 self.engine.metrics.dead_letters.labels(d.kind).inc()
         if highest:
             await store.set_deadletter_marks(highest, dict.fromkeys(highest, after))
-        repeats = sum(1 for d in letters if d.offset > stored[mark(d)][0]) - len(fresh)
         if repeats:
             logger.info(
                 "%d dead letters were published before a crash and not marked; "
@@ -378,16 +330,9 @@ class Ingest:
                 raise
             except Exception as exc:
                 logger.exception("Events of contact %s dead-lettered", ref.member)
+                reason = f"processing failed: {exc!r}"
                 letters = [
-                    DeadLetter(
-                        rec.key,
-                        rec.value,
-                        tp.topic,
-                        tp.partition,
-                        rec.offset,
-                        f"processing failed: {exc!r}",
-                        "processing",
-                    )
+                    DeadLetter.of(tp, rec, reason, "processing")
                     for tp, rec in origins[ref]
                 ]
                 await self.retry.call(

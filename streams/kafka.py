@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -34,6 +35,58 @@ INPUT_TOPICS = (
 )
 DEADLETTER_TOPIC = "engagement.deadletter"
 MEMBERSHIP_TOPIC = "segments.membership"
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A record of the dead-letter topic: the original bytes, where they came
+    from and why they were not applied."""
+
+    key: bytes | None
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    kind: str
+
+    @classmethod
+    def of(cls, tp: TopicPartition, rec: Any, reason: str, kind: str) -> DeadLetter:
+        """The dead letter of consumer record ``rec`` of partition ``tp``."""
+        return cls(
+            rec.key, rec.value or b"", tp.topic, tp.partition, rec.offset, reason, kind
+        )
+
+    @property
+    def mark(self) -> tuple[str, int]:
+        """The mark it counts against: invalid records and processing
+        failures of one input partition keep separate marks."""
+        group = "processing" if self.kind == "processing" else "invalid"
+        return f"{self.topic}|{group}", self.partition
+
+    @classmethod
+    def read(cls, rec: Any) -> DeadLetter:
+        """A record of the dead-letter topic, back from its headers."""
+        h = {k: v.decode() for k, v in rec.headers}
+        return cls(
+            rec.key,
+            rec.value,
+            h.get("source_topic", ""),
+            int(h.get("source_partition", "-1")),
+            int(h.get("source_offset", "-1")),
+            h.get("reason", ""),
+            h.get("error_kind", ""),
+        )
+
+    def record(self) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+        headers = [
+            ("source_topic", self.topic.encode()),
+            ("source_partition", str(self.partition).encode()),
+            ("source_offset", str(self.offset).encode()),
+            ("reason", self.reason.encode()),
+            ("error_kind", self.kind.encode()),
+        ]
+        return self.key, self.value, headers
 
 
 class KafkaUnavailableError(ProfileStreamError):
@@ -116,12 +169,13 @@ class Publisher:
         )
 
     async def publish_deadletters(
-        self, letters: Sequence[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+        self, letters: Sequence[DeadLetter]
     ) -> dict[int, int]:
         """Publish dead letters; returns, per dead-letter partition written,
         the offset after the last of them."""
         after: dict[int, int] = {}
-        for meta in await self._send_all(self.deadletter_topic, letters):
+        records = [d.record() for d in letters]
+        for meta in await self._send_all(self.deadletter_topic, records):
             after[meta.partition] = max(after.get(meta.partition, 0), meta.offset + 1)
         return after
 
@@ -133,10 +187,10 @@ class Publisher:
 
     async def published_deadletters(
         self, positions: dict[int, int]
-    ) -> set[tuple[str, int, int, str]]:
+    ) -> list[DeadLetter]:
         """Dead letters in the topic from ``positions`` (per partition; 0 where
-        absent) to its end, as (source topic, partition, offset, error kind)."""
-        found: set[tuple[str, int, int, str]] = set()
+        absent) to its end."""
+        found: list[DeadLetter] = []
         async with self._deadletter_reader() as (consumer, tps):
             if not tps:
                 return found
@@ -151,11 +205,12 @@ class Publisher:
             while left:
                 batch = await consumer.getmany(*left, timeout_ms=1000)
                 for tp, records in batch.items():
-                    for rec in records:
-                        if rec.offset < left.get(tp, -1):
-                            found.add(_letter_source(rec.headers))
-                        if rec.offset + 1 >= left.get(tp, -1):
-                            left.pop(tp, None)
+                    end = left.get(tp)
+                    if end is None:
+                        continue
+                    found += (DeadLetter.read(r) for r in records if r.offset < end)
+                    if records and records[-1].offset + 1 >= end:
+                        del left[tp]
         return found
 
     @contextlib.asynccontextmanager
@@ -176,13 +231,3 @@ class Publisher:
             raise KafkaUnavailableError(f"reading {topic} failed: {exc}") from exc
         finally:
             await consumer.stop()
-
-
-def _letter_source(headers: Sequence[tuple[str, bytes]]) -> tuple[str, int, int, str]:
-    h = dict(headers)
-    return (
-        h.get("source_topic", b"").decode(),
-        int(h.get("source_partition", b"-1")),
-        int(h.get("source_offset", b"-1")),
-        h.get("error_kind", b"").decode(),
-    )

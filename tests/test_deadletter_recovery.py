@@ -22,8 +22,8 @@ from signals.redis_client import connect
 from signals.store import Store
 from signals.windows import US
 from streams.engine import Clock, Engine
-from streams.ingest import DeadLetter, Ingest
-from streams.kafka import Publisher, ensure_topics
+from streams.ingest import Ingest
+from streams.kafka import DeadLetter, Publisher, ensure_topics
 from streams.settings import Settings
 
 pytestmark = pytest.mark.services

@@ -42,8 +42,9 @@ from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tests.faults.stream import INPUT_TOPICS, Record
-from tests.harness import ADMIN_TOKEN, ROOT, WorkerProcess, rfc, unique
+from streams.kafka import INPUT_TOPICS
+from tests.faults.stream import Record
+from tests.harness import ADMIN_TOKEN, ROOT, TopicReader, WorkerProcess, rfc, unique
 
 MEMBERSHIP_TOPIC = "segments.membership"
 DEADLETTER_TOPIC = "engagement.deadletter"
@@ -104,29 +105,13 @@ class Node:
         return self.alive and not self.paused
 
 
-class TopicTail:
-    """Reads one topic from the start in the background, keeping every record."""
+@dataclass
+class TopicTail(TopicReader):
+    """``TopicReader`` through broker restarts, keeping each offset once."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.records: list[Any] = []
-        self.next_offsets: dict[int, int] = {}
-        self.redelivered = 0
-        self._arrived = asyncio.Event()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            self.topic,
-            bootstrap_servers=self.bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            metadata_max_age_ms=1000,
-        )
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run())
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    redelivered: int = 0
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def _run(self) -> None:
         assert self._consumer is not None
@@ -159,14 +144,6 @@ class TopicTail:
 
     def values(self) -> list[dict[str, Any]]:
         return [orjson.loads(r.value) for r in self.records]
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
 
 
 @dataclass

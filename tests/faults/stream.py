@@ -24,26 +24,12 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from streams.demo import TOPIC_FOR_TYPE
+from streams.kafka import INPUT_TOPICS
+
 Json = dict[str, Any]
 RecordKind = Literal["event", "duplicate", "poison"]
 
-INPUT_TOPICS = (
-    "engagement.messages",
-    "engagement.reads",
-    "engagement.clicks",
-    "engagement.calls",
-    "engagement.campaigns",
-    "contacts.updates",
-)
-TOPIC_OF_TYPE = {
-    "message.inbound": "engagement.messages",
-    "message.outbound": "engagement.messages",
-    "message.read": "engagement.reads",
-    "link.clicked": "engagement.clicks",
-    "call": "engagement.calls",
-    "campaign.received": "engagement.campaigns",
-    "contact.updated": "contacts.updates",
-}
 #: Kinds of poison, with the ``error_kind`` header the dead letter must carry.
 POISON_KINDS = {
     "bad_json": "bad_json",
@@ -193,7 +179,7 @@ class Stream:
 
 def _record(event: Json) -> Record:
     return Record(
-        TOPIC_OF_TYPE[event["type"]],
+        TOPIC_FOR_TYPE[event["type"]],
         f"{event['tenant_id']}:{event['contact_id']}".encode(),
         orjson.dumps(event),
         "event",
