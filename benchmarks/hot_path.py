@@ -32,11 +32,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from bench_data import SEGMENTS, TENANTS, PartSpec, part_events
+from bench_data import EVAL_RULE, SEGMENTS, TENANTS, PartSpec, eval_spec, part_events
 
 from schemas.events import Event, parse_event
 from segments.registry import Registry, RegistryCache
-from segments.rules import parse_spec
+from segments.rules import parse_rule, parse_spec
 from signals.cache import ProfileCache
 from signals.keys import ContactRef, Keys
 from signals.redis_client import connect
@@ -44,6 +44,7 @@ from signals.store import Store
 from signals.windows import US
 from streams.collector import Collector
 from streams.engine import Clock, Engine
+from streams.operations import SegmentOperations
 
 
 class EncodingSink:
@@ -63,7 +64,7 @@ class EncodingSink:
                 (
                     r["tenant_id"],
                     r["contact_id"],
-                    self.names[r["segment_id"]],
+                    self.names.get(r["segment_id"], r["segment_id"]),
                     r["change"],
                     r["reason"],
                     str(r["caused_by"]),
@@ -87,6 +88,29 @@ async def drain(
         collector.after_batch()
 
 
+async def walks(
+    ops: SegmentOperations, profiler: cProfile.Profile | None
+) -> dict[str, float]:
+    """Contacts/s of preview, backfill and snapshot over every tenant."""
+    rates: dict[str, float] = {}
+    for what in ("preview", "backfill", "snapshot"):
+        contacts, seconds = 0, 0.0
+        if profiler:
+            profiler.enable()
+        for tenant in TENANTS:
+            if what == "preview":
+                report = await ops.preview(tenant.id, parse_rule(EVAL_RULE), 10)
+            else:
+                kind = "active" if what == "backfill" else "static"
+                _, report = await ops.create(tenant.id, parse_spec(eval_spec(kind, 0)))
+            contacts += report.contacts
+            seconds += report.seconds
+        if profiler:
+            profiler.disable()
+        rates[what] = contacts / seconds
+    return rates
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=40_000)
@@ -94,6 +118,12 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=2_000)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--walks",
+        action="store_true",
+        help="then time preview, backfill and snapshot over all contacts "
+        "(with --profile, profile those instead of the last pass)",
+    )
     parser.add_argument(
         "--cache", type=int, default=50_000, help="profile cache capacity (contacts)"
     )
@@ -104,7 +134,7 @@ async def main() -> None:
     keys = Keys(prefix)
     store = Store(redis, keys)
     await store.load_scripts()
-    registry = Registry(redis, keys, default_limit=10)
+    registry = Registry(redis, keys, default_limit=12)
     sink = EncodingSink()
     for tenant in TENANTS:
         await registry.put_tenant(tenant.id, timezone=tenant.timezone)
@@ -132,7 +162,7 @@ async def main() -> None:
     rates, cpu = [], []
     try:
         for n, values in enumerate(passes):
-            if profiler and n == len(passes) - 1:
+            if profiler and not args.walks and n == len(passes) - 1:
                 profiler.enable()
             wall, proc = time.perf_counter(), time.process_time()
             await drain(engine, values, args.batch, collector)
@@ -153,6 +183,15 @@ async def main() -> None:
             "profile cache hits "
             f"{engine.profiles.hits:,}, misses {engine.profiles.misses:,}"
         )
+        if args.walks:
+            ops = SegmentOperations(registry, store, engine)
+            rates_by_walk = await walks(ops, profiler)
+            print(
+                "walks over all contacts: "
+                + ", ".join(
+                    f"{k} {v:,.0f} contacts/s" for k, v in rates_by_walk.items()
+                )
+            )
         if profiler:
             stats = pstats.Stats(profiler)
             stats.sort_stats("tottime").print_stats(25)

@@ -287,8 +287,10 @@ class Engine:
                         caused_by=caused_by,
                         answers=answers,
                     )
+                    # A backfill moves only its own segment's wake-up instant.
+                    moved = affected if only is None else [only]
                     wake, wake_segment = self._next_wake(
-                        profile, view, tenant.active, affected, today, tz, answers
+                        profile, view, tenant.active, moved, today, tz, answers
                     )
                 outbox = pending_outbox + [c.payload() for c in changes]
                 needs_write = (
