@@ -535,28 +535,100 @@ class Profile:
         contact is re-evaluated on every change, and most rules read a few of
         its 32 signals.
         """
-        strings: dict[str, str] = {}
-        for code, name in ((_SOURCE, "contact_source"), (_CHANNEL, "channel_type")):
-            if code in self.latest:
-                strings[name] = self.latest[code][2]
-        if _TEMPLATE in self.latest:
-            template_name, template_type = self.latest[_TEMPLATE][2]
-            strings["last_template_used"] = template_name
-            strings["last_template_type"] = template_type
-        if _CTWA_URL in self.latest:
-            strings["last_ctwa_ad_source_url"] = self.latest[_CTWA_URL][2]
-        return ContactView(
-            tenant_id=tenant_id,
-            contact_id=contact_id,
-            dates=_Dates(self.dates),
-            strings=strings,
-            counter_days=_CounterDays(self.counters, tz),
-            attributes=self.current_attributes(),
-            fast=_FastReads(self.dates, self.counters, tz),
+        return _view(
+            tenant_id,
+            contact_id,
+            self.dates,
+            self.latest,
+            self.attributes,
+            self.counters,
+            tz,
         )
 
     def current_attributes(self) -> dict[str, AttributeValue]:
-        return {k: v[2] for k, v in self.attributes.items() if v[2] is not None}
+        return _current(self.attributes)
+
+
+def stored_view(
+    stored: bytes, tenant_id: str, contact_id: str, tz: ZoneInfo
+) -> ContactView:
+    """The view of a stored profile, for reads that never write it back.
+
+    Preview and snapshot evaluate one rule over every contact of a tenant; this
+    skips what they never read (the deduplication set, the business-message
+    times, the stamps of "latest" values) and rebuilds a counter's slots only
+    when a rule reads that counter.
+    """
+    document = orjson.loads(_decompress(stored))
+    if document.get("f", 1) < 3:
+        return Profile(**_decode_v2(document)).view(tenant_id, contact_id, tz)
+    return _view(
+        tenant_id,
+        contact_id,
+        document.get("t", {}),
+        document.get("l", {}),
+        document.get("a", {}),
+        _StoredCounters(document.get("c", {})),
+        tz,
+    )
+
+
+def _current(attributes: Mapping[str, Sequence[Any]]) -> dict[str, AttributeValue]:
+    return {k: v[2] for k, v in attributes.items() if v[2] is not None}
+
+
+def _view(
+    tenant_id: str,
+    contact_id: str,
+    dates: dict[str, int],
+    latest: Mapping[str, Sequence[Any]],
+    attributes: Mapping[str, Sequence[Any]],
+    counters: Mapping[str, Sequence[int]],
+    tz: ZoneInfo,
+) -> ContactView:
+    """A contact's view from its fields, held (tuples) or stored (lists)."""
+    strings: dict[str, str] = {}
+    for code, name in ((_SOURCE, "contact_source"), (_CHANNEL, "channel_type")):
+        if code in latest:
+            strings[name] = latest[code][2]
+    if _TEMPLATE in latest:
+        template_name, template_type = latest[_TEMPLATE][2]
+        strings["last_template_used"] = template_name
+        strings["last_template_type"] = template_type
+    if _CTWA_URL in latest:
+        strings["last_ctwa_ad_source_url"] = latest[_CTWA_URL][2]
+    return ContactView(
+        tenant_id=tenant_id,
+        contact_id=contact_id,
+        dates=_Dates(dates),
+        strings=strings,
+        counter_days=_CounterDays(counters, tz),
+        attributes=_current(attributes),
+        fast=_FastReads(dates, counters, tz),
+    )
+
+
+class _StoredCounters(Mapping[str, Sequence[int]]):
+    """Counter slots by code from their stored steps, each rebuilt on first read."""
+
+    __slots__ = ("_cache", "_steps")
+
+    def __init__(self, steps: dict[str, list[int]]) -> None:
+        self._steps = steps
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    def __getitem__(self, code: str) -> tuple[int, ...]:
+        slots = self._cache.get(code)
+        if slots is None:
+            slots = _unsteps(self._steps[code])
+            self._cache[code] = slots
+        return slots
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._steps)
+
+    def __len__(self) -> int:
+        return len(self._steps)
 
 
 class _Dates(Mapping[str, datetime]):
@@ -597,7 +669,7 @@ class _CounterDays(Mapping[Counter, Sequence[tuple[date, int]]]):
 
     __slots__ = ("_by_code", "_cache", "_tz")
 
-    def __init__(self, by_code: dict[str, tuple[int, ...]], tz: ZoneInfo) -> None:
+    def __init__(self, by_code: Mapping[str, Sequence[int]], tz: ZoneInfo) -> None:
         self._by_code = by_code
         self._tz = tz
         self._cache: dict[Counter, list[tuple[date, int]]] = {}
@@ -641,7 +713,7 @@ class _FastReads:
     __slots__ = ("_counters", "_dates", "_tz")
 
     def __init__(
-        self, dates: dict[str, int], counters: dict[str, tuple[int, ...]], tz: ZoneInfo
+        self, dates: dict[str, int], counters: Mapping[str, Sequence[int]], tz: ZoneInfo
     ) -> None:
         self._dates = dates
         self._counters = counters
@@ -651,7 +723,7 @@ class _FastReads:
         instant = self._dates.get(_DATE_CODES[signal])
         return None if instant is None else slot_local_date(instant // SLOT_US, tz)
 
-    def _window(self, signal: str, today: date) -> tuple[tuple[int, ...], int]:
+    def _window(self, signal: str, today: date) -> tuple[Sequence[int], int]:
         """A counter signal's slots and the index of the first in its window."""
         counter, days = COUNT_SIGNALS[signal]
         slots = self._counters.get(_COUNTER_CODES[counter], ())

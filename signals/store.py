@@ -48,13 +48,15 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
+from zoneinfo import ZoneInfo
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from signals.errors import StoreError
 from signals.keys import WAKE_SHARDS, ContactRef, Keys, text
-from signals.profile import Profile
+from signals.profile import Profile, stored_view
+from signals.view import ContactView
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +265,28 @@ class Store:
         epoch = int(results[-2] or 0)
         clock = int(results[-1]) if results[-1] is not None else None
         return Loaded(profiles, outboxes, epoch, clock)
+
+    async def views(
+        self, refs: Sequence[ContactRef], tz: ZoneInfo
+    ) -> dict[ContactRef, ContactView]:
+        """Read-only views of ``refs`` (one tenant's, in its zone ``tz``).
+
+        For walks that evaluate and never write (preview, snapshot): one MGET
+        of the profiles alone, each read without building its ``Profile``.
+        """
+        if not refs:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.mget([self.keys.contact(r) for r in refs])
+        values: list[bytes | None] = (await self._execute(pipe))[0]
+        views: dict[ContactRef, ContactView] = {}
+        for ref, raw in zip(refs, values, strict=True):
+            if raw is None:
+                views[ref] = Profile().view(ref.tenant_id, ref.contact_id, tz)
+            else:
+                body = raw[raw.index(b"|") + 1 :]
+                views[ref] = stored_view(body, ref.tenant_id, ref.contact_id, tz)
+        return views
 
     async def write(
         self,

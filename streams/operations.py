@@ -143,14 +143,8 @@ class SegmentOperations:
         report = WalkReport()
 
         async def step(refs: list[ContactRef]) -> None:
-            loaded = await self.store.load(refs)
-            members = [
-                r
-                for r in refs
-                if segment.compiled.matches(
-                    loaded.profiles[r].view(r.tenant_id, r.contact_id, tz), today, tz
-                )
-            ]
+            views = await self.store.views(refs, tz)
+            members = [r for r in refs if segment.compiled.matches(views[r], today, tz)]
             if not members:
                 return
             await self.store.redis.sadd(members_key, *[r.contact_id for r in members])
@@ -278,10 +272,9 @@ class SegmentOperations:
         report = WalkReport()
 
         async def step(refs: list[ContactRef]) -> None:
-            loaded = await self.store.load(refs)
+            views = await self.store.views(refs, tz)
             for r in refs:
-                view = loaded.profiles[r].view(r.tenant_id, r.contact_id, tz)
-                if compiled.matches(view, today, tz):
+                if compiled.matches(views[r], today, tz):
                     report.entered += 1
                     if len(report.sample) < limit:
                         report.sample.append(r.contact_id)

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.events import Event, parse_event
-from signals.profile import BUSINESS_TIMES_CAP, Profile, signals_json
+from signals.catalog import COUNT_SIGNALS, DATE_SIGNALS
+from signals.profile import BUSINESS_TIMES_CAP, Profile, signals_json, stored_view
 from signals.view import ContactView
 from signals.windows import SLOT_US, to_us
 from tests.profile_fixtures import canonical
@@ -244,14 +245,42 @@ def test_the_stored_form_reads_back_identically(
     events = [build(i, kind, ago) for i, (kind, ago) in enumerate(history)]
     profile = fold(events)
     profile.dates["mc"] = profile.dates.get("mc", NOW_US) + fraction
-    profile.business_times = tuple(
-        sorted({*profile.business_times, NOW_US - fraction})
-    )
+    profile.business_times = tuple(sorted({*profile.business_times, NOW_US - fraction}))
     profile.membership = {"seg_a": 3, "seg_b": 4}
     profile.next_wake_us = NOW_US + 86_400 * 1_000_000
     again = Profile.decode(profile.encode(), profile.version)
     assert again == profile
     assert again.encode() == profile.encode()
+
+
+def everything_rules_read(view: ContactView, tz: ZoneInfo) -> dict[str, object]:
+    """What a rule can ask a view, on several days (windows slide with them)."""
+    out: dict[str, object] = {"attributes": dict(view.attributes)}
+    for back in (-1, 0, 6, 29, 89):
+        today = (NOW - timedelta(days=back)).astimezone(tz).date()
+        out[f"signals {back}"] = signals_json(view, today)
+        out[f"days {back}"] = {
+            name: list(view.counted_days(name, today)) for name in COUNT_SIGNALS
+        }
+    out["local dates"] = {name: view.local_date(name, tz) for name in DATE_SIGNALS}
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    history=histories,
+    zone_name=st.sampled_from(["UTC", "Asia/Kolkata", "America/Sao_Paulo"]),
+)
+def test_the_read_only_view_of_a_stored_profile_reads_the_same(
+    history: list[tuple[str, int]], zone_name: str
+) -> None:
+    """Preview and snapshot read stored profiles without building them
+    (``stored_view``); a rule must see exactly what it sees on the profile."""
+    tz = ZoneInfo(zone_name)
+    profile = fold([build(i, kind, ago) for i, (kind, ago) in enumerate(history)])
+    held = profile.view("t", "c", tz)
+    read_only = stored_view(profile.encode(), "t", "c", tz)
+    assert everything_rules_read(read_only, tz) == everything_rules_read(held, tz)
 
 
 def test_documents_stored_in_format_2_still_read() -> None:
@@ -270,6 +299,9 @@ def test_documents_stored_in_format_2_still_read() -> None:
         again = Profile.decode(profile.encode(), item["version"])
         assert canonical(again, tz, today) == item["canonical"]
         assert again == profile
+        read_only = stored_view(stored, "t", "c", tz)
+        assert signals_json(read_only, today) == item["canonical"]["signals"]
+        assert dict(read_only.attributes) == item["canonical"]["attributes"]
 
 
 @settings(max_examples=200, deadline=None)
