@@ -76,8 +76,12 @@ def from_us(epoch_us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=epoch_us)
 
 
+@lru_cache(maxsize=1024)
 def rfc3339(epoch_us: int) -> str:
-    """UTC RFC 3339, with a fraction only when there is one (``...T10:15:00Z``)."""
+    """UTC RFC 3339, with a fraction only when there is one (``...T10:15:00Z``).
+
+    Cached: the membership records of one batch share their instant.
+    """
     text = from_us(epoch_us).strftime("%Y-%m-%dT%H:%M:%S")
     fraction = epoch_us % US
     if fraction:
