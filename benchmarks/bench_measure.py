@@ -10,6 +10,7 @@ removes its Redis keys when done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import statistics
@@ -56,6 +57,7 @@ from bench_lib import (
     sweep_lines,
     unlink_prefix,
 )
+from bench_profile import Sampler, sampled, summarize
 from redis.asyncio import Redis
 
 from signals.keys import WAKE_SHARDS, Keys
@@ -194,9 +196,17 @@ async def _profile_sample(redis: Redis, prefix: str) -> dict[str, Any]:
 
 
 async def drain_run(
-    ctx: Context, label: str, n_workers: int, evaluate: int | None = None
+    ctx: Context,
+    label: str,
+    n_workers: int,
+    evaluate: int | None = None,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Drain every pre-published event with ``n_workers`` fresh workers.
+
+    With ``profile_dir`` (one worker), py-spy samples the worker from its
+    first batch to the end of the drain, and through each evaluation walk;
+    the summaries go to ``result["profile"]`` (see ``bench_profile``).
 
     Events/s: total events over the time from the start of the first batch
     (its "Batch of N records in X ms" DEBUG line, minus X) to the moment the
@@ -227,6 +237,8 @@ async def drain_run(
     await watch.start()
     total = sum(ctx.ends.values())
     result: dict[str, Any] = {"workers": n_workers, "events": total}
+    profiles: dict[str, Any] = {}
+    sampler: Sampler | None = None
     try:
         for w in workers:
             w.spawn()
@@ -240,6 +252,9 @@ async def drain_run(
             if start is None:
                 if any(BATCH_LINE.search(w.log_bytes()) for w in workers):
                     start = await _snapshot(workers, redis, watch, ctx)
+                    if profile_dir is not None:
+                        sampler = Sampler(workers[0].pid, profile_dir / "drain.folded")
+                        sampler.start()
                 elif time.monotonic() - spawned > 180:
                     raise TimeoutError("no batch within 180 s of starting")
             else:
@@ -256,6 +271,10 @@ async def drain_run(
             await asyncio.sleep(0.1)
         end = await _snapshot(workers, redis, watch, ctx)
         rss = [w.rss_bytes() for w in workers]
+        if sampler is not None:
+            folded = await sampler.stop()
+            if folded is not None:
+                profiles["drain"] = summarize(folded.read_text(), "Ingest.run")
 
         lines = [batch_lines(w.log_bytes()) for w in workers]
         every = [x for per in lines for x in per]
@@ -339,12 +358,18 @@ async def drain_run(
         result.update(await _profile_sample(redis, prefix))
         if evaluate is not None:
             try:
-                result["evaluation"] = await evaluation(workers[0], evaluate)
+                result["evaluation"] = await evaluation(
+                    workers[0], evaluate, profile_dir, profiles
+                )
             except Exception as exc:
                 log(f"!! evaluation failed: {exc!r}")
                 result["evaluation_error"] = repr(exc)
+        if profiles:
+            result["profile"] = profiles
         return result
     finally:
+        if sampler is not None:
+            await sampler.stop()
         await watch.close()
         for w in workers:
             await w.stop()
@@ -355,42 +380,58 @@ async def drain_run(
 # -- evaluation over all contacts -------------------------------------------------
 
 
-async def evaluation(worker: WorkerProc, repeat: int) -> dict[str, Any]:
+async def evaluation(
+    worker: WorkerProc,
+    repeat: int,
+    profile_dir: Path | None = None,
+    profiles: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Preview, backfill and snapshot over every contact of the three tenants.
 
     Preview: client wall time of ``POST .../segments/preview``. Backfill and
     snapshot: the ``seconds`` the create response reports (the walk), with the
     client wall time beside it. contacts/s = contacts walked / seconds, summed
-    over the tenants.
+    over the tenants. With ``profile_dir``, each kind of walk is sampled with
+    py-spy and summarised into ``profiles``.
     """
+
+    def sampling(phase: str) -> contextlib.AbstractAsyncContextManager[None]:
+        if profile_dir is None or profiles is None:
+            return contextlib.nullcontext()
+        return sampled(worker.pid, profile_dir / f"{phase}.folded", profiles, phase)
+
     out: dict[str, Any] = {}
     contacts = 0
     preview_s = 0.0
-    for tenant in TENANTS:
-        started = time.perf_counter()
-        body = await worker.call(
-            "POST",
-            f"/v1/tenants/{tenant.id}/segments/preview",
-            {"rule": EVAL_RULE, "limit": 10},
-        )
-        preview_s += time.perf_counter() - started
-        contacts += int(body["contacts"])
+    async with sampling("preview"):
+        for tenant in TENANTS:
+            started = time.perf_counter()
+            body = await worker.call(
+                "POST",
+                f"/v1/tenants/{tenant.id}/segments/preview",
+                {"rule": EVAL_RULE, "limit": 10},
+            )
+            preview_s += time.perf_counter() - started
+            contacts += int(body["contacts"])
     out["contacts"] = contacts
     out["preview_contacts_per_s"] = contacts / preview_s
     for kind, key in (("active", "backfill"), ("static", "snapshot")):
         walked = 0
         server_s = wall_s = 0.0
         members = 0
-        for tenant in TENANTS:
-            started = time.perf_counter()
-            body = await worker.call(
-                "POST", f"/v1/tenants/{tenant.id}/segments", eval_spec(kind, repeat)
-            )
-            wall_s += time.perf_counter() - started
-            report = body[key]
-            walked += int(report["contacts"])
-            server_s += float(report["seconds"])
-            members += int(report["entered"])
+        async with sampling(key):
+            for tenant in TENANTS:
+                started = time.perf_counter()
+                body = await worker.call(
+                    "POST",
+                    f"/v1/tenants/{tenant.id}/segments",
+                    eval_spec(kind, repeat),
+                )
+                wall_s += time.perf_counter() - started
+                report = body[key]
+                walked += int(report["contacts"])
+                server_s += float(report["seconds"])
+                members += int(report["entered"])
         out[f"{key}_contacts_per_s"] = walked / server_s if server_s else 0.0
         out[f"{key}_contacts_per_s_wall"] = walked / wall_s
         out[f"{key}_members"] = members

@@ -42,8 +42,13 @@ from streams.engine import Clock, Engine
 SEGMENTS = [
     ("clicked 7d", [("signal.links_clicked_7d", "gte", 1)]),
     ("no reply 30d", [("signal.last_message_from_contact", "not_in_last", 30)]),
-    ("engaged", [("signal.campaigns_read_30d", "gte", 2),
-                 ("signal.campaigns_replied_90d", "gte", 1)]),
+    (
+        "engaged",
+        [
+            ("signal.campaigns_read_30d", "gte", 2),
+            ("signal.campaigns_replied_90d", "gte", 1),
+        ],
+    ),
     ("pune", [("attribute.city", "is", "Pune")]),
     ("gold", [("attribute.plan", "in", ["gold", "platinum"])]),
     ("ctwa", [("signal.last_ctwa_message_at", "in_last", 30)]),
@@ -62,31 +67,64 @@ class CountingSink:
         self.records += len(records)
 
 
-def history(tenant: str, contact: str, start: datetime, rng: random.Random,
-            ) -> list[dict[str, Any]]:
+def history(
+    tenant: str,
+    contact: str,
+    start: datetime,
+    rng: random.Random,
+) -> list[dict[str, Any]]:
     def at(day: float) -> str:
         return (start + timedelta(days=day)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def ev(kind: str, day: float, data: dict[str, Any]) -> dict[str, Any]:
-        return {"event_id": str(uuid.uuid4()), "tenant_id": tenant,
-                "contact_id": contact, "type": kind, "occurred_at": at(day),
-                "data": data, "channel": "whatsapp"}
+        return {
+            "event_id": str(uuid.uuid4()),
+            "tenant_id": tenant,
+            "contact_id": contact,
+            "type": kind,
+            "occurred_at": at(day),
+            "data": data,
+            "channel": "whatsapp",
+        }
 
     out = []
     for week in range(13):
         day = week * 7 + rng.random() * 6
-        out.append(ev("campaign.received", day, {
-            "campaign_id": f"c{week}", "message_id": f"m{week}",
-            "template": {"name": f"promo_{week}", "type": "marketing"}}))
+        out.append(
+            ev(
+                "campaign.received",
+                day,
+                {
+                    "campaign_id": f"c{week}",
+                    "message_id": f"m{week}",
+                    "template": {"name": f"promo_{week}", "type": "marketing"},
+                },
+            )
+        )
         if week < 8:
-            out.append(ev("message.read", day + 0.1,
-                          {"message_id": f"m{week}", "campaign_id": f"c{week}"}))
+            out.append(
+                ev(
+                    "message.read",
+                    day + 0.1,
+                    {"message_id": f"m{week}", "campaign_id": f"c{week}"},
+                )
+            )
         if week < 4:
-            out.append(ev("link.clicked", day + 0.2,
-                          {"url": "https://shop.example/p", "campaign_id": f"c{week}"}))
+            out.append(
+                ev(
+                    "link.clicked",
+                    day + 0.2,
+                    {"url": "https://shop.example/p", "campaign_id": f"c{week}"},
+                )
+            )
         if week < 2:
-            out.append(ev("message.inbound", day + 0.3, {
-                "message_id": f"r{week}", "reply_to": {"campaign_id": f"c{week}"}}))
+            out.append(
+                ev(
+                    "message.inbound",
+                    day + 0.3,
+                    {"message_id": f"r{week}", "reply_to": {"campaign_id": f"c{week}"}},
+                )
+            )
     for i in range(12):
         day = rng.random() * 89
         out.append(ev("message.inbound", day, {"message_id": f"i{i}"}))
@@ -96,15 +134,33 @@ def history(tenant: str, contact: str, start: datetime, rng: random.Random,
             data["template"] = template
         out.append(ev("message.outbound", day + 0.01, data))
     for i in range(2):
-        out.append(ev("call", rng.random() * 89,
-                      {"direction": "inbound", "answered": i == 0}))
-    out.append(ev("contact.updated", 0.5, {"attributes": {
-        "city": rng.choice(["Pune", "Mumbai", "Delhi"]), "plan": "gold",
-        "signup": "2025-03-14", "language": "en"}, "source": "import"}))
+        out.append(
+            ev("call", rng.random() * 89, {"direction": "inbound", "answered": i == 0})
+        )
+    out.append(
+        ev(
+            "contact.updated",
+            0.5,
+            {
+                "attributes": {
+                    "city": rng.choice(["Pune", "Mumbai", "Delhi"]),
+                    "plan": "gold",
+                    "signup": "2025-03-14",
+                    "language": "en",
+                },
+                "source": "import",
+            },
+        )
+    )
     out.append(ev("contact.updated", 45, {"attributes": {"plan": "platinum"}}))
     if rng.random() < 1 / 3:
-        out.append(ev("message.inbound", 60, {
-            "message_id": "ad", "ctwa": {"ad_source_url": "https://fb.me/ad/1"}}))
+        out.append(
+            ev(
+                "message.inbound",
+                60,
+                {"message_id": "ad", "ctwa": {"ad_source_url": "https://fb.me/ad/1"}},
+            )
+        )
         out.append(ev("message.outbound", 60.01, {"message_id": "ad-reply"}))
     return out
 
@@ -122,14 +178,32 @@ async def main() -> None:
     tenant = "t1"
     await registry.put_tenant(tenant, timezone="Asia/Kolkata")
     for name, conditions in SEGMENTS:
-        spec = parse_spec({"name": name, "kind": "active", "rule": {"any": [{"all": [
-            {"field": f, "op": o, **({} if v is None else {"value": v})}
-            for f, o, v in conditions]}]}})
+        spec = parse_spec(
+            {
+                "name": name,
+                "kind": "active",
+                "rule": {
+                    "any": [
+                        {
+                            "all": [
+                                {
+                                    "field": f,
+                                    "op": o,
+                                    **({} if v is None else {"value": v}),
+                                }
+                                for f, o, v in conditions
+                            ]
+                        }
+                    ]
+                },
+            }
+        )
         await registry.create(tenant, spec)
     clock = Clock(manual=True)
     sink = CountingSink()
-    engine = Engine(store, RegistryCache(registry), sink, clock,
-                    dedup_horizon_us=24 * 3600 * US)
+    engine = Engine(
+        store, RegistryCache(registry), sink, clock, dedup_horizon_us=24 * 3600 * US
+    )
 
     rng = random.Random(1)
     start = datetime(2026, 9, 1, tzinfo=UTC)
@@ -148,7 +222,7 @@ async def main() -> None:
         todays = sorted(by_day.get(day, []), key=lambda e: e.occurred_at)
         for i in range(0, len(todays), 2000):
             work: dict[ContactRef, list[Event]] = {}
-            for event in todays[i:i + 2000]:
+            for event in todays[i : i + 2000]:
                 work.setdefault(ContactRef(tenant, event.contact_id), []).append(event)
             await engine.update(work, reason="event")
     elapsed = time.perf_counter() - started
@@ -158,9 +232,13 @@ async def main() -> None:
     for n in range(0, args.contacts, max(1, args.contacts // 500)):
         ref = ContactRef(tenant, f"+9198{n:08d}")
         sizes.append(int(await redis.memory_usage(keys.contact(ref)) or 0))
-    wake = sum([int(await redis.memory_usage(keys.wakeups(s)) or 0)
-                + int(await redis.memory_usage(keys.wake_versions(s)) or 0)
-                for s in range(WAKE_SHARDS)])
+    wake = sum(
+        [
+            int(await redis.memory_usage(keys.wakeups(s)) or 0)
+            + int(await redis.memory_usage(keys.wake_versions(s)) or 0)
+            for s in range(WAKE_SHARDS)
+        ]
+    )
     index = int(await redis.memory_usage(keys.tenant_contacts(tenant)) or 0)
     members = 0
     async for key in redis.scan_iter(f"{namespace}:m:*"):
@@ -168,12 +246,16 @@ async def main() -> None:
 
     per_contact_keys = statistics.median(sizes)
     shared = (wake + index + members) / args.contacts
-    print(f"contacts: {args.contacts}, events: {total} "
-          f"({total / args.contacts:.1f} per contact), applied in {elapsed:.1f} s "
-          f"({total / elapsed:,.0f} events/s in-process)")
+    print(
+        f"contacts: {args.contacts}, events: {total} "
+        f"({total / args.contacts:.1f} per contact), applied in {elapsed:.1f} s "
+        f"({total / elapsed:,.0f} events/s in-process)"
+    )
     print(f"membership records: {sink.records}")
-    print(f"profile key MEMORY USAGE: median {per_contact_keys:.0f} B, "
-          f"p90 {statistics.quantiles(sizes, n=10)[-1]:.0f} B")
+    print(
+        f"profile key MEMORY USAGE: median {per_contact_keys:.0f} B, "
+        f"p90 {statistics.quantiles(sizes, n=10)[-1]:.0f} B"
+    )
     print(f"wake-ups + contact index + member sets: {shared:.0f} B per contact")
     print(f"total per contact (keys): {per_contact_keys + shared:.0f} B")
     print(f"used_memory growth per contact: {(after - before) / args.contacts:.0f} B")

@@ -44,6 +44,7 @@ from typing import Any
 
 import baselines
 import bench_measure as measure
+import bench_profile
 import orjson
 from bench_data import TENANTS, input_topic_names, publish_stream
 from bench_lib import (
@@ -105,6 +106,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="contacts for memory_per_contact.py (default: min(3000, --contacts))",
     )
     parser.add_argument("--redis", choices=("shared", "private"), default="shared")
+    parser.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="do not sample the last one-worker drain and its walks with py-spy",
+    )
     parser.add_argument(
         "--skip", default="", help=f"comma-separated steps to skip: {','.join(STEPS)}"
     )
@@ -316,7 +322,9 @@ class Bench:
             if "throughput" not in self.skip:
                 tp = await self.guard(
                     f"throughput {r}",
-                    lambda r=r: measure.drain_run(ctx, f"t{r}", 1, evaluate=r),  # type: ignore[misc]
+                    lambda r=r: measure.drain_run(  # type: ignore[misc]
+                        ctx, f"t{r}", 1, evaluate=r, profile_dir=self.profile_dir(r)
+                    ),
                 )
             if "scaling" not in self.skip:
                 scaling = await self.guard(
@@ -341,6 +349,15 @@ class Bench:
             for name, value in (("raw", raw), ("faust", faust), ("pipeline", tp)):
                 if value:
                     log(f"{name}: {value['events_per_s']:,.0f} events/s")
+
+    def profile_dir(self, repeat: int) -> Path | None:
+        """Where the last repeat's py-spy samples go; None for the others."""
+        if self.args.no_profile or repeat != self.args.repeats - 1:
+            return None
+        if not bench_profile.available():
+            log("py-spy not found: the report has no profile")
+            return None
+        return self.out / "profile"
 
     async def after(self, ctx: measure.Context) -> None:
         args = self.args
@@ -927,6 +944,7 @@ def render(bench: Bench, targets: list[dict[str, Any]]) -> str:
             1,
         )
     add("")
+    _profile(bench, add)
     add("## Contention: CPU cores used during each step")
     add("")
     add(
@@ -961,6 +979,56 @@ def _scale(bench: Bench) -> list[float | None]:
         a, b = pick(one, "events_per_s"), pick(two, "events_per_s")
         out.append(b / a if a and b is not None else None)
     return out
+
+
+def _profile(bench: Bench, add: Callable[[str], None]) -> None:
+    """Where the worker's time went, from the sampled (last) repeat."""
+    runs = bench.results["throughput"]
+    sampled = [r["profile"] for r in runs if r and r.get("profile")]
+    if not sampled:
+        return
+    phases = sampled[-1]
+    add("## Where the worker's time goes")
+    add("")
+    add(
+        "py-spy samples (100/s, `--nonblocking`) of the one worker in the last "
+        "repeat, through its drain and each evaluation walk; each sample counts "
+        "for the deepest function on its stack that names a component "
+        "(`benchmarks/bench_profile.py`), so each column adds up to 100 % of "
+        "the samples under the phase's root function. Folded stacks are kept "
+        "beside the JSON (`profile/*.folded`)."
+    )
+    add("")
+    names = list(phases)
+    add("| component | " + " | ".join(names) + " |")
+    add("| --- | " + " | ".join("---" for _ in names) + " |")
+    components: list[str] = []
+    for phase in phases.values():
+        for component in phase["components"]:
+            if component not in components:
+                components.append(component)
+    for component in components:
+        cells = [
+            f"{100 * phases[n]['components'][component]:.1f} %"
+            if component in phases[n]["components"]
+            else ""
+            for n in names
+        ]
+        add(f"| {component} | " + " | ".join(cells) + " |")
+    add(
+        "| samples (root) | "
+        + " | ".join(f"{phases[n]['samples']:,} ({phases[n]['root']})" for n in names)
+        + " |"
+    )
+    add("")
+    for name in names:
+        top = phases[name]["top_inclusive"][:12]
+        add(
+            f"Largest inclusive shares, {name}: "
+            + "; ".join(f"{label} {100 * share:.1f} %" for label, share in top)
+            + "."
+        )
+        add("")
 
 
 def _breakdown(bench: Bench, add: Callable[[str], None]) -> None:
