@@ -1,0 +1,53 @@
+"""The benchmark's profile summary: which component each sample counts for."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+from bench_profile import summarize
+
+LOOP = "<module> (cli.py:1);Worker.run (mode/worker.py:10);Ingest.run (ingest.py:5)"
+WRITE = f"{LOOP};Store.write (signals/store.py:9)"
+FOLDED = "\n".join(
+    [
+        # Under the root: encode nested in the write counts for the encode...
+        f"{WRITE};Profile.encode (signals/profile.py:3) 6",
+        # ...the rest of the write for the write...
+        f"{WRITE};Pipeline.execute (redis/x.py:2) 2",
+        # ...and what names no component for the root's own rest.
+        f"{LOOP};Ingest.process (streams/ingest.py:40) 2",
+        # Outside the root (another task of the worker): not counted.
+        "<module> (cli.py:1);Web.handle (aiohttp/web.py:3) 50",
+        # py-spy's partial stacks and a malformed line: skipped.
+        "Profile.encode (signals/profile.py:3) 9",
+        "garbage",
+    ]
+)
+
+
+def test_each_sample_counts_once_for_its_deepest_component() -> None:
+    summary = summarize(FOLDED, "Ingest.run")
+    assert summary["samples"] == 10
+    assert summary["components"] == {
+        "profile encode (JSON + zstd)": 0.6,
+        "Redis writes (client side)": 0.2,
+        "rest of Ingest.run (its own code, asyncio, logging)": 0.2,
+    }
+    assert sum(summary["components"].values()) == 1.0
+    inclusive = dict(map(tuple, summary["top_inclusive"]))
+    assert inclusive["Ingest.run (ingest.py)"] == 1.0
+    assert inclusive["Store.write (signals/store.py)"] == 0.8
+    assert inclusive["Pipeline.execute (redis/x.py)"] == 0.2
+
+
+def test_a_phase_without_samples_under_its_root_is_empty() -> None:
+    summary = summarize(FOLDED, "SegmentOperations.preview")
+    assert summary == {
+        "root": "SegmentOperations.preview",
+        "samples": 0,
+        "components": {},
+        "top_inclusive": [],
+    }
