@@ -180,11 +180,17 @@ class Engine:
         outcome = Outcome()
         staged: dict[ContactRef, _Staged] = {}
         pending = list(work)
+        keep: set[ContactRef] = set()
         for attempt in range(MAX_ATTEMPTS):
             # 1. One read for the whole set, plus the epoch and the clock;
             #    profiles this worker wrote last come from its cache (a lost
             #    race reads them again).
             cached = self.profiles.take(pending) if attempt == 0 else {}
+            if attempt == 0:
+                # Events keep what they wrote in the cache; a backfill or a
+                # clock sweep walks contacts the ingest may not see again
+                # soon, so it only puts back what it took out.
+                keep = set(work) if reason == "event" else set(cached)
             missing = [ref for ref in pending if ref not in cached]
             t0 = time.perf_counter()
             with self.metrics.redis_seconds.labels("load").time():
@@ -334,7 +340,7 @@ class Engine:
             for ref in conflicts:
                 staged.pop(ref, None)
             for ref, (profile, raw) in settled.items():
-                if ref not in conflicts:
+                if ref not in conflicts and ref in keep:
                     self.profiles.put(ref, profile, raw)
             if not conflicts:
                 break

@@ -18,6 +18,7 @@ import pytest
 from redis.asyncio import Redis
 
 from schemas.events import Event, parse_event
+from segments.membership import Reason
 from segments.registry import Registry, RegistryCache
 from segments.rules import parse_spec
 from signals.cache import ProfileCache
@@ -147,3 +148,22 @@ async def test_the_cache_reads_what_it_wrote_without_redis(
     assert copy.profile == stored
     assert copy.outbox == b""  # published and cleared
     assert await redis.exists(keys.outbox(CONTACT)) == 0
+
+
+async def test_walks_put_back_only_what_they_took_from_the_cache(
+    engines: tuple[Engine, Engine, Sink, Keys],
+) -> None:
+    """A backfill or a clock sweep walks contacts the ingest may not see again
+    soon: caching them would push out the ones it will."""
+    cached, other, _, _ = engines
+    elsewhere = ContactRef(TENANT, "+15550009")
+    await other.update({CONTACT: [click(1)]}, reason="event")
+    await other.update({elsewhere: [click(2)]}, reason="event")
+    await cached.update({CONTACT: [click(3)]}, reason="event")
+    assert len(cached.profiles) == 1  # CONTACT, which it wrote
+
+    reasons: tuple[Reason, ...] = ("definition", "clock")
+    for reason in reasons:
+        await cached.update({CONTACT: [], elsewhere: []}, reason=reason)
+        assert cached.profiles.take([CONTACT, elsewhere]).keys() == {CONTACT}
+        await cached.update({CONTACT: [click(4)]}, reason="event")  # back in
