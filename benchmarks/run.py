@@ -183,6 +183,7 @@ class Bench:
             "latency": [],
             "clock": [],
             "memory": [],
+            "profiled": [],
         }
         self.errors: dict[str, str] = {}
         self.contention: dict[str, dict[str, float]] = {}
@@ -237,6 +238,7 @@ class Bench:
             await self.guard("publish", lambda: self.publish(ctx))
             if ctx.ends:
                 await self.repeats(ctx)
+                await self.profiled(ctx)
             await self.after(ctx)
         finally:
             self.meta["seconds"] = round(time.monotonic() - started, 1)
@@ -322,9 +324,7 @@ class Bench:
             if "throughput" not in self.skip:
                 tp = await self.guard(
                     f"throughput {r}",
-                    lambda r=r: measure.drain_run(  # type: ignore[misc]
-                        ctx, f"t{r}", 1, evaluate=r, profile_dir=self.profile_dir(r)
-                    ),
+                    lambda r=r: measure.drain_run(ctx, f"t{r}", 1, evaluate=r),  # type: ignore[misc]
                 )
             if "scaling" not in self.skip:
                 scaling = await self.guard(
@@ -350,14 +350,28 @@ class Bench:
                 if value:
                     log(f"{name}: {value['events_per_s']:,.0f} events/s")
 
-    def profile_dir(self, repeat: int) -> Path | None:
-        """Where the last repeat's py-spy samples go; None for the others."""
-        if self.args.no_profile or repeat != self.args.repeats - 1:
-            return None
+    async def profiled(self, ctx: measure.Context) -> None:
+        """One more one-worker drain and its walks, sampled with py-spy.
+
+        Not one of the repeats: sampling takes CPU from the machine the
+        worker shares, so this run's figures stay out of every median.
+        """
+        if self.args.no_profile or "throughput" in self.skip:
+            return
         if not bench_profile.available():
             log("py-spy not found: the report has no profile")
-            return None
-        return self.out / "profile"
+            return
+        result = await self.guard(
+            "profiled drain",
+            lambda: measure.drain_run(
+                ctx,
+                "p",
+                1,
+                evaluate=self.args.repeats,
+                profile_dir=self.out / "profile",
+            ),
+        )
+        self.results["profiled"].append(result)
 
     async def after(self, ctx: measure.Context) -> None:
         args = self.args
@@ -983,20 +997,28 @@ def _scale(bench: Bench) -> list[float | None]:
 
 def _profile(bench: Bench, add: Callable[[str], None]) -> None:
     """Where the worker's time went, from the sampled (last) repeat."""
-    runs = bench.results["throughput"]
-    sampled = [r["profile"] for r in runs if r and r.get("profile")]
+    runs = bench.results.get("profiled", []) + bench.results["throughput"]
+    sampled = [r for r in runs if r and r.get("profile")]
     if not sampled:
         return
-    phases = sampled[-1]
+    run = sampled[0]
+    phases = run["profile"]
+    evaluation = run.get("evaluation", {})
     add("## Where the worker's time goes")
     add("")
     add(
-        "py-spy samples (100/s, `--nonblocking`) of the one worker in the last "
-        "repeat, through its drain and each evaluation walk; each sample counts "
-        "for the deepest function on its stack that names a component "
-        "(`benchmarks/bench_profile.py`), so each column adds up to 100 % of "
-        "the samples under the phase's root function. Folded stacks are kept "
-        "beside the JSON (`profile/*.folded`)."
+        "py-spy samples (100/s, `--nonblocking`) of one worker through a drain "
+        "of the same events and each evaluation walk after it, in a run of its "
+        "own whose figures are in no median (sampling takes CPU from the "
+        f"machine: it drained {fmt(run.get('events_per_s'))} events/s at "
+        f"{fmt(run.get('cpu_us_per_event'), 1)} µs of CPU per event; preview "
+        f"{fmt(evaluation.get('preview_contacts_per_s'))}, backfill "
+        f"{fmt(evaluation.get('backfill_contacts_per_s'))}, snapshot "
+        f"{fmt(evaluation.get('snapshot_contacts_per_s'))} contacts/s). Each "
+        "sample counts for the deepest function on its stack that names a "
+        "component (`benchmarks/bench_profile.py`), so each column adds up to "
+        "100 % of the samples under the phase's root function. Folded stacks "
+        "are kept beside the JSON (`profile/*.folded`)."
     )
     add("")
     names = list(phases)
