@@ -20,8 +20,10 @@ attribute ``is``/``in``/``day_in_this_month``, strings ``contains``/
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import random
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -310,6 +312,10 @@ def part_events(spec: PartSpec) -> Iterator[dict[str, Any]]:
             yield maker.event(tenant, contact, maker.random_kind(), at_us)
 
 
+#: Publisher processes start fresh: nothing of the benchmark's state is copied.
+SPAWN = multiprocessing.get_context("spawn")
+
+
 def _publish_part(spec: PartSpec) -> int:
     return asyncio.run(_publish_part_async(spec))
 
@@ -357,8 +363,7 @@ def publish_stream(
         PartSpec(bootstrap, prefix, run, p, publishers, events, contacts, now_us)
         for p in range(publishers)
     ]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(publishers, mp_context=context) as pool:
+    with ProcessPoolExecutor(publishers, mp_context=SPAWN) as pool:
         return sum(pool.map(_publish_part, specs))
 
 
@@ -391,6 +396,79 @@ def latency_events(
             seen.add(index)
             out.append(maker.first(tenant, contact, now_us))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class SteadySpec:
+    """A steady stream for the latency figure (see ``publish_steady``)."""
+
+    bootstrap: str
+    prefix: str
+    run: str
+    events: int
+    rate: float
+
+
+@dataclass(slots=True)
+class SteadyResult:
+    #: event_id -> the Kafka timestamp it was sent with (ms).
+    sent: dict[str, int]
+    seconds: float
+    #: The longest time between two turns of the send loop (s).
+    max_stall: float
+
+
+def publish_steady(spec: SteadySpec) -> SteadyResult:
+    """Send ``latency_events`` at ``rate`` from this process; run it in one
+    of its own, so that nothing the measuring process does (reading the
+    membership topic, watching the group) can pause the stream and send
+    what it held back as a burst."""
+    return asyncio.run(_publish_steady(spec))
+
+
+async def _publish_steady(spec: SteadySpec) -> SteadyResult:
+    events = latency_events(spec.run, spec.events, max(1, spec.events // 4), 0)
+    producer = AIOKafkaProducer(bootstrap_servers=spec.bootstrap, linger_ms=1)
+    await producer.start()
+    sent: dict[str, int] = {}
+    try:
+        # Nothing is freed while sending; the collector's full passes over
+        # the events above would be pauses of this stream.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        started = tick = time.monotonic()
+        stall = 0.0
+        pending: list[asyncio.Future[Any]] = []
+        i = 0
+        while i < spec.events:
+            now_s = time.monotonic()
+            stall, tick = max(stall, now_s - tick), now_s
+            due = min(spec.events, int(spec.rate * (now_s - started)) + 1)
+            while i < due:
+                event = events[i]
+                now_ms = int(time.time() * 1000)
+                event["occurred_at"] = rfc(now_ms * 1000)
+                pending.append(
+                    await producer.send(
+                        topic_for(event, spec.prefix),
+                        orjson.dumps(event),
+                        key=record_key(event),
+                        timestamp_ms=now_ms,
+                    )
+                )
+                sent[event["event_id"]] = now_ms
+                i += 1
+            if len(pending) > 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*pending)
+        seconds = time.monotonic() - started
+    finally:
+        gc.enable()
+        await producer.stop()
+    return SteadyResult(sent, seconds, stall)
 
 
 CLOCK_TENANT = Tenant("clockco", "Asia/Kolkata", 1.0)

@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,17 +25,19 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bench_data import (
     CLOCK_TENANT,
     EVAL_RULE,
     SEGMENTS,
+    SPAWN,
     TENANTS,
+    SteadySpec,
     Tenant,
     clock_events,
     eval_spec,
     input_topic_names,
-    latency_events,
+    publish_steady,
     rfc,
 )
 from bench_lib import (
@@ -48,6 +51,7 @@ from bench_lib import (
     busy_fraction,
     census_delta,
     cpu_census,
+    create_topics,
     end_offsets,
     log,
     machine_busy,
@@ -446,7 +450,8 @@ async def latency(
 ) -> dict[str, Any]:
     """Events at a steady ``rate`` to a fresh namespace with one worker running.
 
-    Each event is sent with an explicit Kafka timestamp (the send time, ms);
+    The events come from a process of their own (``publish_steady``), each
+    sent with an explicit Kafka timestamp (the send time, ms);
     a membership record with reason ``event`` is matched to the event named by
     its ``caused_by``, and its latency is its own Kafka timestamp (set by the
     worker's producer) minus that one.
@@ -464,43 +469,21 @@ async def latency(
     )
     redis = Redis.from_url(ctx.redis_url)
     collector = TopicCollector(ctx.services.bootstrap, topic_prefix + MEMBERSHIP_TOPIC)
-    producer = AIOKafkaProducer(bootstrap_servers=ctx.services.bootstrap, linger_ms=1)
     count = max(1, int(rate * duration))
-    events = latency_events(f"{ctx.run}{label}", count, max(1, count // 4), 0)
-    sent: dict[str, int] = {}
     try:
         await worker.start()
         await create_segments(worker, TENANTS)
         await collector.start()
-        await producer.start()
         await asyncio.sleep(1.0)
         cpu0 = worker.cpu_seconds()
         census0 = cpu_census()
-        started = time.monotonic()
-        pending: list[asyncio.Future[Any]] = []
-        i = 0
-        while i < count:
-            due = min(count, int(rate * (time.monotonic() - started)) + 1)
-            while i < due:
-                event = events[i]
-                now_ms = int(time.time() * 1000)
-                event["occurred_at"] = rfc(now_ms * 1000)
-                pending.append(
-                    await producer.send(
-                        topic_for(event, topic_prefix),
-                        orjson.dumps(event),
-                        key=record_key(event),
-                        timestamp_ms=now_ms,
-                    )
-                )
-                sent[event["event_id"]] = now_ms
-                i += 1
-            if len(pending) > 5000:
-                await asyncio.gather(*pending)
-                pending.clear()
-            await asyncio.sleep(0.005)
-        await asyncio.gather(*pending)
-        publish_s = time.monotonic() - started
+        spec = SteadySpec(ctx.services.bootstrap, topic_prefix, prefix, count, rate)
+        with ProcessPoolExecutor(1, mp_context=SPAWN) as pool:
+            steady = await asyncio.get_running_loop().run_in_executor(
+                pool, publish_steady, spec
+            )
+        sent = steady.sent
+        publish_s = steady.seconds
         cpu1 = worker.cpu_seconds()
         census1 = cpu_census()
         ends = await end_offsets(
@@ -544,15 +527,73 @@ async def latency(
             "p50_ms": percentile(latencies, 50),
             "p99_ms": percentile(latencies, 99),
             "max_ms": max(latencies),
+            "generator_max_stall_ms": steady.max_stall * 1000,
             "worker_cpu_share": (cpu1 - cpu0) / publish_s,
             "cpu_cores": census_delta(census0, census1),
         }
     finally:
-        await producer.stop()
         await collector.stop()
         await worker.stop()
         await unlink_prefix(redis, f"{prefix}:")
         await redis.aclose()
+
+
+async def latency_floor(
+    ctx: Context, repeat: int, rate: float, duration: float
+) -> dict[str, Any]:
+    """What Kafka and the load generator alone take: the latency figure's floor.
+
+    The same steady stream as ``latency`` (same process, same rate) to fresh
+    topics, read by a bare aiokafka consumer in this process, no worker
+    running: an event's latency here is the time it was handed to this
+    process minus its Kafka timestamp.
+    """
+    topic_prefix = f"{ctx.run}.f{repeat}."
+    topics = input_topic_names(topic_prefix)
+    await create_topics(ctx.services.bootstrap, topics, ctx.partitions)
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=ctx.services.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    count = max(1, int(rate * duration))
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    async def read() -> None:
+        while len(latencies) < count:
+            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+            now_ms = time.time() * 1000
+            for records in batch.values():
+                latencies.extend(now_ms - r.timestamp for r in records)
+        done.set()
+
+    await consumer.start()
+    reader = asyncio.create_task(read())
+    try:
+        spec = SteadySpec(
+            ctx.services.bootstrap, topic_prefix, topic_prefix, count, rate
+        )
+        with ProcessPoolExecutor(1, mp_context=SPAWN) as pool:
+            steady = await asyncio.get_running_loop().run_in_executor(
+                pool, publish_steady, spec
+            )
+        await asyncio.wait_for(done.wait(), 120)
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await consumer.stop()
+    return {
+        "rate_achieved": count / steady.seconds,
+        "events": count,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": max(latencies),
+        "generator_max_stall_ms": steady.max_stall * 1000,
+    }
 
 
 async def _settle_reader(collector: TopicCollector, quiet: float = 1.5) -> None:
