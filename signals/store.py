@@ -464,10 +464,14 @@ class Store:
 
     async def due_count(self, now_us: int) -> int:
         """How many wake-ups are due at ``now_us``, over every shard."""
+        return sum(await self.due_by_shard(now_us))
+
+    async def due_by_shard(self, now_us: int) -> list[int]:
+        """Per shard, how many wake-ups are due at ``now_us`` (one round trip)."""
         pipe = self.redis.pipeline(transaction=False)
         for shard in range(WAKE_SHARDS):
             pipe.zcount(self.keys.wakeups(shard), "-inf", now_us)
-        return sum(await self._execute(pipe))
+        return [int(n) for n in await self._execute(pipe)]
 
     async def contact_ids(self, tenant_id: str, chunk: int) -> AsyncIterator[list[str]]:
         """Every contact id of a tenant, in chunks (SSCAN: no long blocking)."""

@@ -135,6 +135,17 @@ class Publisher:
             max_batch_size=256 * 1024,
         )
         await self._producer.start()
+        # Learn where the membership topic's partitions live now, not when
+        # the first change waits for it: that lookup held the first batch
+        # about 100 ms, and the events queued behind it for longer.
+        try:
+            await self._producer.partitions_for(self.membership_topic)
+        except KafkaError as exc:
+            logger.warning(
+                "No metadata for %s yet (%s); the first publish will ask again",
+                self.membership_topic,
+                exc,
+            )
 
     @property
     def producer(self) -> AIOKafkaProducer:

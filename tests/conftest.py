@@ -10,7 +10,7 @@ import pytest
 from tests.events import Events
 from tests.harness import WorkerProcess, unique
 
-pytest_plugins = ("tests.service_fixtures",)
+pytest_plugins = ("tests.service_fixtures", "tests.engine_fixtures")
 
 #: Where the session's manual clock starts. Tests only move it forward.
 SESSION_START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

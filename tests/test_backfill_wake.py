@@ -10,7 +10,6 @@ segments' clock changes would be lost.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,10 +21,10 @@ from schemas.events import parse_event
 from segments.registry import Registry, RegistryCache
 from segments.rules import parse_spec
 from signals.keys import ContactRef, Keys
-from signals.redis_client import connect
 from signals.store import Store
 from signals.windows import US, to_us
 from streams.engine import Clock, Engine
+from tests.engine_fixtures import Sink
 
 pytestmark = pytest.mark.services
 
@@ -34,24 +33,9 @@ TENANT = "wake"
 CONTACT = ContactRef(TENANT, "+15550002")
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    async def publish_membership(self, records: Sequence[dict[str, Any]]) -> None:
-        self.records += records
-
-
 def spec(name: str, field: str, op: str, value: Any) -> dict[str, Any]:
     condition = {"field": field, "op": op, "value": value}
     return {"name": name, "kind": "active", "rule": {"any": [{"all": [condition]}]}}
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_a_backfill_leaves_a_due_wake_up_of_another_segment_due(

@@ -9,9 +9,8 @@ other writer did may be lost, and the cached copy may never overwrite it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
 import pytest
@@ -23,24 +22,16 @@ from segments.registry import Registry, RegistryCache
 from segments.rules import parse_spec
 from signals.cache import ProfileCache
 from signals.keys import ContactRef, Keys
-from signals.redis_client import connect
 from signals.store import Store
 from signals.windows import US, to_us
 from streams.engine import Clock, Engine
+from tests.engine_fixtures import Sink
 
 pytestmark = pytest.mark.services
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 TENANT = "cache"
 CONTACT = ContactRef(TENANT, "+15550001")
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    async def publish_membership(self, records: Sequence[dict[str, Any]]) -> None:
-        self.records += records
 
 
 def click(n: int, minutes_ago: int = 5) -> Event:
@@ -57,13 +48,6 @@ def click(n: int, minutes_ago: int = 5) -> Event:
             }
         )
     )
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
