@@ -85,6 +85,7 @@ async def drain(
             event = parse_event(value)
             work[ContactRef(event.tenant_id, event.contact_id)].append(event)
         await engine.update(work, reason="event")
+        del work  # dead before the collector runs, as in the worker
         collector.after_batch()
 
 

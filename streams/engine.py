@@ -116,6 +116,80 @@ class _Staged:
     wake_us: int | None
 
 
+#: Contacts per chunk of compare-and-set writes sent while a batch is being
+#: computed: Redis runs one chunk while Python computes the next.
+WRITE_CHUNK = 250
+
+#: Contacts computed between two yields to the event loop, which lets the
+#: chunks already sent reach Redis and their replies come back.
+YIELD_EVERY = 50
+
+
+class _WriteStream:
+    """One attempt's compare-and-set writes, sent in chunks as they are ready.
+
+    Redis executes a chunk while Python computes the next one, instead of
+    the whole batch waiting for one write at the end. Each contact is in one
+    chunk, and chunks touch disjoint contacts, so their order does not
+    matter; a chunk that fails fails the update as one write of the whole
+    batch would (a non-transactional pipeline could already be applied in
+    part): the caller retries, the compare-and-set and the deduplication
+    make the retry exact.
+    """
+
+    __slots__ = (
+        "_sent_wakeups",
+        "_sent_writes",
+        "_since_yield",
+        "_store",
+        "_tasks",
+        "wakeups",
+        "writes",
+    )
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.writes: list[ContactWrite] = []
+        self.wakeups: list[tuple[ContactRef, int, int | None]] = []
+        self._sent_writes = self._sent_wakeups = 0
+        self._since_yield = 0
+        self._tasks: list[asyncio.Task[set[ContactRef]]] = []
+
+    async def step(self) -> None:
+        """Call once per contact: sends a full chunk, yields now and then."""
+        if len(self.writes) - self._sent_writes >= WRITE_CHUNK:
+            self._send()
+            self._since_yield = 0
+            await asyncio.sleep(0)
+            return
+        self._since_yield += 1
+        if self._since_yield >= YIELD_EVERY and self._tasks:
+            self._since_yield = 0
+            await asyncio.sleep(0)
+
+    def _send(self) -> None:
+        writes = self.writes[self._sent_writes :]
+        wakeups = self.wakeups[self._sent_wakeups :]
+        self._sent_writes, self._sent_wakeups = len(self.writes), len(self.wakeups)
+        if writes or wakeups:
+            self._tasks.append(asyncio.create_task(self._store.write(writes, wakeups)))
+
+    async def abandon(self) -> None:
+        """Wait for the chunks already sent, ignoring their outcome."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def finish(self) -> set[ContactRef]:
+        """Send what is left, wait for every chunk; the contacts that lost."""
+        self._send()
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        conflicts: set[ContactRef] = set()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            conflicts |= result
+        return conflicts
+
+
 class Engine:
     def __init__(
         self,
@@ -206,130 +280,140 @@ class Engine:
             # What Redis holds for each contact once this attempt's writes win.
             settled: dict[ContactRef, tuple[Profile, bytes]] = {}
 
-            # 2. Fold and evaluate, in memory.
-            writes: list[ContactWrite] = []
-            wakeups: list[tuple[ContactRef, int, int | None]] = []
+            # 2. Fold and evaluate, in memory; 3. compare-and-set, in chunks
+            #    sent while the rest of the batch is still being computed.
+            stream = _WriteStream(self.store)
+            writes, wakeups = stream.writes, stream.wakeups
             attempt_changes: dict[ContactRef, list[Change]] = {}
             applied: dict[ContactRef, list[str]] = {}
             duplicates: dict[ContactRef, int] = {}
-            for ref in pending:
-                profile = loaded.profiles[ref]
-                stored_version = profile.version
-                tenant = self.cache.tenant(ref.tenant_id)
-                tz = tenant.tz
-                changed = False
-                caused_by: str | None = None
-                for event in work[ref]:
-                    if profile.apply(event, tz, now, self.dedup_horizon_us):
-                        changed = True
-                        caused_by = event.event_id
-                        applied.setdefault(ref, []).append(event.type)
-                    else:
-                        duplicates[ref] = duplicates.get(ref, 0) + 1
-                if stored_version == 0 and not changed:
-                    if reason == "clock":
-                        wakeups.append((ref, 1, None))  # a wake-up without a contact
-                    continue  # no such contact (yet): nothing to evaluate
-                outcome.touched += 1
-                pending_outbox = decode_outbox(loaded.outboxes.get(ref, b""))
-                # Everything, unless only some rules read what the events changed.
-                affected = self._affected(
-                    profile, stored_version, tenant.active, now, reason
-                )
-                if affected == []:
-                    # The events changed nothing any rule reads and no
-                    # boundary has passed: every answer and the wake-up stand.
-                    raw = loaded.outboxes.get(ref, b"")
-                    if changed:
-                        profile.version = stored_version + 1
-                        raw = encode_outbox(pending_outbox)
-                        writes.append(ContactWrite(ref, profile, raw, is_new=False))
-                    settled[ref] = (profile, raw)
-                    if pending_outbox:
-                        staged[ref] = _Staged(
-                            profile.version,
-                            pending_outbox,
-                            raw,
-                            profile.next_wake_us,
+            try:
+                for ref in pending:
+                    await stream.step()
+                    profile = loaded.profiles[ref]
+                    stored_version = profile.version
+                    tenant = self.cache.tenant(ref.tenant_id)
+                    tz = tenant.tz
+                    changed = False
+                    caused_by: str | None = None
+                    for event in work[ref]:
+                        if profile.apply(event, tz, now, self.dedup_horizon_us):
+                            changed = True
+                            caused_by = event.event_id
+                            applied.setdefault(ref, []).append(event.type)
+                        else:
+                            duplicates[ref] = duplicates.get(ref, 0) + 1
+                    if stored_version == 0 and not changed:
+                        if reason == "clock":
+                            # A wake-up without a contact.
+                            wakeups.append((ref, 1, None))
+                        continue  # no such contact (yet): nothing to evaluate
+                    outcome.touched += 1
+                    pending_outbox = decode_outbox(loaded.outboxes.get(ref, b""))
+                    # Everything, unless only some rules read what the events changed.
+                    affected = self._affected(
+                        profile, stored_version, tenant.active, now, reason
+                    )
+                    if affected == []:
+                        # The events changed nothing any rule reads and no
+                        # boundary has passed: every answer and the wake-up stand.
+                        raw = loaded.outboxes.get(ref, b"")
+                        if changed:
+                            profile.version = stored_version + 1
+                            raw = encode_outbox(pending_outbox)
+                            writes.append(ContactWrite(ref, profile, raw, is_new=False))
+                        settled[ref] = (profile, raw)
+                        if pending_outbox:
+                            staged[ref] = _Staged(
+                                profile.version,
+                                pending_outbox,
+                                raw,
+                                profile.next_wake_us,
+                            )
+                        continue
+
+                    view = profile.view(ref.tenant_id, ref.contact_id, tz)
+                    today = _local_today(now, tz)
+                    at = now
+                    changes: list[Change] = []
+                    membership_before = len(profile.membership)
+                    if drop is not None:
+                        gone = record(
+                            profile,
+                            ref,
+                            drop,
+                            False,
+                            reason=reason,
+                            at_us=at,
+                            caused_by=None,
                         )
-                    continue
+                        changes += [gone] if gone else []
+                        profile.membership.pop(drop.id, None)
+                    if only is not None:
+                        segments: Sequence[Segment] = (only,)
+                    else:
+                        segments = tenant.active if affected is None else affected
+                    if reason == "clock":
+                        walked, wake, wake_segment = self._walk_boundaries(
+                            profile, view, segments, now, tz
+                        )
+                        changes += walked
+                    else:
+                        answers: dict[str, bool] = {}
+                        changes += evaluate(
+                            profile,
+                            view,
+                            segments,
+                            today,
+                            tz,
+                            reason=reason,
+                            at_us=at,
+                            caused_by=caused_by,
+                            answers=answers,
+                        )
+                        # A backfill moves only its own segment's wake-up instant.
+                        moved = affected if only is None else [only]
+                        wake, wake_segment = self._next_wake(
+                            profile, view, tenant.active, moved, today, tz, answers
+                        )
+                    outbox = pending_outbox + [c.payload() for c in changes]
+                    needs_write = (
+                        changed
+                        or bool(changes)
+                        or wake != profile.next_wake_us
+                        or len(profile.membership) != membership_before
+                    )
+                    if needs_write:
+                        profile.next_wake_us = wake
+                        profile.next_wake_segment = wake_segment
+                        profile.version = stored_version + 1
+                        raw = encode_outbox(outbox)
+                        writes.append(
+                            ContactWrite(ref, profile, raw, is_new=stored_version == 0)
+                        )
+                        # Due at once while the outbox waits for Kafka (see above).
+                        wake_version = 2 * profile.version + (0 if outbox else 1)
+                        wakeups.append((ref, wake_version, now if outbox else wake))
+                        attempt_changes[ref] = changes
+                    else:
+                        raw = loaded.outboxes.get(ref, b"")
+                        if reason == "clock" and not outbox:
+                            # A sweep consumed this wake-up: file the true next one.
+                            wakeups.append((ref, 2 * stored_version + 1, wake))
+                    settled[ref] = (profile, raw)
+                    if outbox:
+                        staged[ref] = _Staged(profile.version, outbox, raw, wake)
+            except BaseException:
+                # Chunks already sent finish on their own; wait for them so
+                # that none is left running when the caller retries.
+                await stream.abandon()
+                raise
 
-                view = profile.view(ref.tenant_id, ref.contact_id, tz)
-                today = _local_today(now, tz)
-                at = now
-                changes: list[Change] = []
-                membership_before = len(profile.membership)
-                if drop is not None:
-                    gone = record(
-                        profile,
-                        ref,
-                        drop,
-                        False,
-                        reason=reason,
-                        at_us=at,
-                        caused_by=None,
-                    )
-                    changes += [gone] if gone else []
-                    profile.membership.pop(drop.id, None)
-                if only is not None:
-                    segments: Sequence[Segment] = (only,)
-                else:
-                    segments = tenant.active if affected is None else affected
-                if reason == "clock":
-                    walked, wake, wake_segment = self._walk_boundaries(
-                        profile, view, segments, now, tz
-                    )
-                    changes += walked
-                else:
-                    answers: dict[str, bool] = {}
-                    changes += evaluate(
-                        profile,
-                        view,
-                        segments,
-                        today,
-                        tz,
-                        reason=reason,
-                        at_us=at,
-                        caused_by=caused_by,
-                        answers=answers,
-                    )
-                    # A backfill moves only its own segment's wake-up instant.
-                    moved = affected if only is None else [only]
-                    wake, wake_segment = self._next_wake(
-                        profile, view, tenant.active, moved, today, tz, answers
-                    )
-                outbox = pending_outbox + [c.payload() for c in changes]
-                needs_write = (
-                    changed
-                    or bool(changes)
-                    or wake != profile.next_wake_us
-                    or len(profile.membership) != membership_before
-                )
-                if needs_write:
-                    profile.next_wake_us = wake
-                    profile.next_wake_segment = wake_segment
-                    profile.version = stored_version + 1
-                    raw = encode_outbox(outbox)
-                    writes.append(
-                        ContactWrite(ref, profile, raw, is_new=stored_version == 0)
-                    )
-                    # Due at once while the outbox waits for Kafka (see above).
-                    wake_version = 2 * profile.version + (0 if outbox else 1)
-                    wakeups.append((ref, wake_version, now if outbox else wake))
-                    attempt_changes[ref] = changes
-                else:
-                    raw = loaded.outboxes.get(ref, b"")
-                    if reason == "clock" and not outbox:
-                        # A sweep consumed this wake-up: file the true next one.
-                        wakeups.append((ref, 2 * stored_version + 1, wake))
-                settled[ref] = (profile, raw)
-                if outbox:
-                    staged[ref] = _Staged(profile.version, outbox, raw, wake)
-
-            # 3. Compare-and-set; the losers go round again with fresh state.
+            # 3. The rest of the compare-and-set; the losers go round again
+            #    with fresh state.
             t2 = time.perf_counter()
             with self.metrics.redis_seconds.labels("write").time():
-                conflicts = await self.store.write(writes, wakeups)
+                conflicts = await stream.finish()
             t3 = time.perf_counter()
             outcome.written += len(writes) - len(conflicts)
             outcome.conflicts += len(conflicts)
@@ -360,8 +444,8 @@ class Engine:
             self.profiles.discard(staged)
             raise
         logger.debug(
-            "Updated %d contacts: load %.1f ms, compute %.1f ms, write %.1f ms "
-            "(encode included), publish and finish %.1f ms",
+            "Updated %d contacts: load %.1f ms, compute %.1f ms (writes sent "
+            "meanwhile), last writes %.1f ms, publish and finish %.1f ms",
             len(work),
             (t1 - t0) * 1000,
             (t2 - t1) * 1000,

@@ -48,6 +48,7 @@ from signals.windows import US, rfc3339, to_us
 from streams.collector import Collector
 from streams.engine import Engine, Outcome
 from streams.kafka import DeadLetter, Publisher, input_topics
+from streams.metrics import observe_many
 from streams.retry import RetryPolicy
 from streams.settings import Settings
 
@@ -172,10 +173,18 @@ class Ingest:
                 if self._stopping:
                     return
                 await self.process(batch)
+                offsets = {
+                    tp: records[-1].offset + 1
+                    for tp, records in batch.items()
+                    if records
+                }
+                # The records die here, before the collector runs: it walks
+                # whatever is alive and young.
+                del batch
                 # The commit runs while the next batch is fetched and
                 # processed; commits stay in order, one in flight at a time.
                 await self.committed()
-                self._commit_task = asyncio.create_task(self._commit(batch))
+                self._commit_task = asyncio.create_task(self._commit(offsets))
             self.collector.after_batch()
 
     async def committed(self) -> None:
@@ -217,11 +226,14 @@ class Ingest:
         metrics = self.engine.metrics
         metrics.batch_seconds.observe(time.perf_counter() - started)
         done_ms = time.time() * 1000
-        for records in batch.values():
-            for rec in records:
-                metrics.event_age_seconds.observe(
-                    max(0.0, done_ms - rec.timestamp) / 1000
-                )
+        observe_many(
+            metrics.event_age_seconds,
+            [
+                max(0.0, done_ms - rec.timestamp) / 1000
+                for records in batch.values()
+                for rec in records
+            ],
+        )
         logger.debug(
             "Batch of %d records in %.1f ms",
             stats.records,
@@ -358,10 +370,7 @@ class Ingest:
             position = await self._consumer.position(tp)
             gauge.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
 
-    async def _commit(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        offsets = {
-            tp: records[-1].offset + 1 for tp, records in batch.items() if records
-        }
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:

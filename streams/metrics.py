@@ -8,7 +8,8 @@ Prometheus scrapes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import bisect
+from collections.abc import Awaitable, Callable, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,6 +20,33 @@ from prometheus_client import (
 )
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
+    """``histogram.observe`` of every amount, with one lock per bucket, not
+    per amount (the ingest observes every record of a batch: 0.8 µs each).
+
+    Reads the client's bucket layout (``_upper_bounds``, ``_buckets``,
+    ``_sum``); a client without it gets one ``observe`` per amount, and
+    ``tests/test_metrics.py`` checks that both agree.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    counts = [0] * len(bounds)
+    added = 0.0
+    for amount in amounts:
+        added += amount
+        # The first bucket whose upper bound is >= amount, as observe does.
+        counts[bisect.bisect_left(bounds, amount)] += 1
+    total.inc(added)
+    for bucket, n in zip(buckets, counts, strict=True):
+        if n:
+            bucket.inc(n)
 
 
 class Metrics:
