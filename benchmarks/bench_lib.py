@@ -684,3 +684,44 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
+
+
+#: Width of the windows ``latency_figures`` gives a p99 for.
+LATENCY_WINDOW_S = 5.0
+
+
+def latency_figures(
+    samples: list[tuple[float, float]], warmup_s: float
+) -> dict[str, Any]:
+    """Latency percentiles of ``(sent_ms, latency_ms)`` samples.
+
+    ``p50_ms``/``p99_ms``/``max_ms`` are over the events sent ``warmup_s`` or
+    more after the first one (the steady state: a cold worker's first second
+    is a one-off that would otherwise set the p99 of a 40 s run);
+    ``all_*`` are over every event, and ``p99_by_window_ms`` gives the p99
+    of each ``LATENCY_WINDOW_S`` window of send time, so the start can be
+    seen beside the rest.
+    """
+    if not samples:
+        raise ValueError("no latency samples")
+    start = min(sent for sent, _ in samples)
+    every = [latency for _, latency in samples]
+    steady = [lat for sent, lat in samples if sent - start >= warmup_s * 1000]
+    if not steady:
+        raise ValueError(f"no event was sent after the {warmup_s:g} s warm-up")
+    windows: dict[int, list[float]] = {}
+    for sent, latency in samples:
+        windows.setdefault(int((sent - start) / 1000 // LATENCY_WINDOW_S), []).append(
+            latency
+        )
+    return {
+        "warmup_s": warmup_s,
+        "p50_ms": percentile(steady, 50),
+        "p99_ms": percentile(steady, 99),
+        "max_ms": max(steady),
+        "steady_samples": len(steady),
+        "all_p50_ms": percentile(every, 50),
+        "all_p99_ms": percentile(every, 99),
+        "all_max_ms": max(every),
+        "p99_by_window_ms": [percentile(windows[w], 99) for w in sorted(windows)],
+    }

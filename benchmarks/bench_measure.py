@@ -53,9 +53,9 @@ from bench_lib import (
     cpu_census,
     create_topics,
     end_offsets,
+    latency_figures,
     log,
     machine_busy,
-    percentile,
     read_range,
     redis_snapshot,
     sweep_lines,
@@ -446,7 +446,7 @@ async def evaluation(
 
 
 async def latency(
-    ctx: Context, repeat: int, rate: float, duration: float
+    ctx: Context, repeat: int, rate: float, duration: float, warmup: float
 ) -> dict[str, Any]:
     """Events at a steady ``rate`` to a fresh namespace with one worker running.
 
@@ -509,12 +509,12 @@ async def latency(
             if seen is None or ts < seen[0]:
                 first[record["event_id"]] = (ts, record["caused_by"], record["reason"])
         changes = len(collector.records)
-        latencies = [
-            float(ts - sent[cause])
+        samples = [
+            (float(sent[cause]), float(ts - sent[cause]))
             for ts, cause, reason in first.values()
             if reason == "event" and cause in sent
         ]
-        if not latencies:
+        if not samples:
             raise RuntimeError("no membership record matched an event")
         return {
             "rate_target": rate,
@@ -522,11 +522,9 @@ async def latency(
             "events": count,
             "membership_records": changes,
             "membership_repeated_records": changes - len(first),
-            "matched": len(latencies),
-            "matched_share_of_events": len(latencies) / count,
-            "p50_ms": percentile(latencies, 50),
-            "p99_ms": percentile(latencies, 99),
-            "max_ms": max(latencies),
+            "matched": len(samples),
+            "matched_share_of_events": len(samples) / count,
+            **latency_figures(samples, warmup),
             "generator_max_stall_ms": steady.max_stall * 1000,
             "worker_cpu_share": (cpu1 - cpu0) / publish_s,
             "cpu_cores": census_delta(census0, census1),
@@ -539,14 +537,14 @@ async def latency(
 
 
 async def latency_floor(
-    ctx: Context, repeat: int, rate: float, duration: float
+    ctx: Context, repeat: int, rate: float, duration: float, warmup: float
 ) -> dict[str, Any]:
     """What Kafka and the load generator alone take: the latency figure's floor.
 
     The same steady stream as ``latency`` (same process, same rate) to fresh
     topics, read by a bare aiokafka consumer in this process, no worker
     running: an event's latency here is the time it was handed to this
-    process minus its Kafka timestamp.
+    process minus its Kafka timestamp; the same warm-up is left out.
     """
     topic_prefix = f"{ctx.run}.f{repeat}."
     topics = input_topic_names(topic_prefix)
@@ -559,15 +557,17 @@ async def latency_floor(
         enable_auto_commit=False,
     )
     count = max(1, int(rate * duration))
-    latencies: list[float] = []
+    samples: list[tuple[float, float]] = []
     done = asyncio.Event()
 
     async def read() -> None:
-        while len(latencies) < count:
+        while len(samples) < count:
             batch = await consumer.getmany(timeout_ms=200, max_records=5000)
             now_ms = time.time() * 1000
             for records in batch.values():
-                latencies.extend(now_ms - r.timestamp for r in records)
+                samples.extend(
+                    (float(r.timestamp), now_ms - r.timestamp) for r in records
+                )
         done.set()
 
     await consumer.start()
@@ -589,9 +589,7 @@ async def latency_floor(
     return {
         "rate_achieved": count / steady.seconds,
         "events": count,
-        "p50_ms": percentile(latencies, 50),
-        "p99_ms": percentile(latencies, 99),
-        "max_ms": max(latencies),
+        **latency_figures(samples, warmup),
         "generator_max_stall_ms": steady.max_stall * 1000,
     }
 

@@ -154,8 +154,8 @@ async def main() -> None:
     now_us = time.time_ns() // 1000 // (86_400 * US) * 86_400 * US
     passes = []
     for n in range(args.passes):
-        spec = PartSpec("", "", f"r{n}", 0, 1, args.events, args.contacts, now_us)
-        passes.append([orjson.dumps(e) for e in part_events(spec)])
+        part = PartSpec("", "", f"r{n}", 0, 1, args.events, args.contacts, now_us)
+        passes.append([orjson.dumps(e) for e in part_events(part)])
 
     collector = Collector()
     collector.start()  # as the worker does

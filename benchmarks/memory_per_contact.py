@@ -39,7 +39,7 @@ from signals.store import Store
 from signals.windows import US, to_us
 from streams.engine import Clock, Engine
 
-SEGMENTS = [
+SEGMENTS: list[tuple[str, list[tuple[str, str, object]]]] = [
     ("clicked 7d", [("signal.links_clicked_7d", "gte", 1)]),
     ("no reply 30d", [("signal.last_message_from_contact", "not_in_last", 30)]),
     (
