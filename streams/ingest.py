@@ -15,8 +15,12 @@ HTTP server) and consumes with aiokafka directly:
    round trip for the whole batch; see ``streams.engine``). Redis or Kafka
    being away is retried until it comes back; nothing is skipped.
 4. Commit, per partition, the offset after the last record of the batch,
-   while the next batch is fetched and processed (commits stay in order, one
-   in flight; a rebalance or a stop waits for it).
+   while the next batch is fetched and processed. Commits stay in order, one
+   in flight, at most one per ``COMMIT_INTERVAL_SECONDS``: the batches
+   applied meanwhile go in the next commit together (small batches at a
+   modest rate would otherwise send a commit every few milliseconds, each
+   costing the worker and the broker more than the batch's own Kafka reads).
+   A rebalance or a stop commits what is applied at once and waits for it.
 
 Offsets are committed only in step 4, after every effect of the batch is
 durable in Redis and acknowledged by Kafka, so a crash anywhere replays the
@@ -31,6 +35,7 @@ compare-and-set, so it cannot undo newer work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -114,6 +119,11 @@ class Ingest:
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = False
         self._commit_task: asyncio.Task[None] | None = None
+        #: Offsets applied and not yet handed to a commit, per partition.
+        self._uncommitted: dict[TopicPartition, int] = {}
+        #: Set while someone waits for everything applied to be committed.
+        self._commit_now = asyncio.Event()
+        self._last_commit = 0.0
         #: Runs Python's cyclic garbage collector between batches; the worker
         #: process starts it (``streams.cli``), tests and tools leave it be.
         self.collector = Collector()
@@ -181,17 +191,45 @@ class Ingest:
                 # The records die here, before the collector runs: it walks
                 # whatever is alive and young.
                 del batch
-                # The commit runs while the next batch is fetched and
+                self._uncommitted.update(offsets)
+                # The commit runs while the next batches are fetched and
                 # processed; commits stay in order, one in flight at a time.
-                await self.committed()
-                self._commit_task = asyncio.create_task(self._commit(offsets))
+                if self._commit_task is None or self._commit_task.done():
+                    if self._commit_task is not None:
+                        await self._commit_task
+                    self._commit_task = asyncio.create_task(self._commit_applied())
             self.collector.after_batch()
 
     async def committed(self) -> None:
-        """Wait for the offset commit in flight, if any."""
-        task, self._commit_task = self._commit_task, None
-        if task is not None:
-            await task
+        """Commit every offset applied so far, now, and wait for Kafka."""
+        self._commit_now.set()
+        try:
+            while self._commit_task is not None or self._uncommitted:
+                task = self._commit_task
+                if task is None:
+                    task = asyncio.create_task(self._commit_applied())
+                    self._commit_task = task
+                try:
+                    await task
+                finally:
+                    if self._commit_task is task:
+                        self._commit_task = None
+        finally:
+            self._commit_now.clear()
+
+    async def _commit_applied(self) -> None:
+        """Commit what is applied, no sooner than the interval allows, until
+        nothing is left; the offsets of batches applied during a commit go in
+        the next one."""
+        interval = self.settings.commit_interval_seconds
+        while self._uncommitted:
+            wait = self._last_commit + interval - time.monotonic()
+            if wait > 0 and not self._commit_now.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._commit_now.wait(), wait)
+            offsets, self._uncommitted = self._uncommitted, {}
+            self._last_commit = time.monotonic()
+            await self._commit(offsets)
 
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> BatchStats:
         """Steps 1-3 of the module docstring for one ``getmany`` result."""

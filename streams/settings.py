@@ -98,6 +98,13 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(
         2000, ge=1, description="Most records the ingest loop takes per batch."
     )
+    commit_interval_seconds: float = Field(
+        0.5,
+        ge=0,
+        description="Least time between two offset commits; what is applied "
+        "meanwhile goes in the next one (a rebalance or a stop commits at once; "
+        "0 commits after every batch).",
+    )
     profile_cache_contacts: int = Field(
         50_000,
         ge=0,
