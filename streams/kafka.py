@@ -19,6 +19,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 
 from signals.errors import ProfileStreamError
 from streams.settings import Settings
@@ -114,6 +115,32 @@ async def ensure_topics(settings: Settings, partitions: int = 4) -> None:
         await admin.close()
 
 
+class KeyHashes:
+    """Kafka's default partitioning (murmur2 of the key, as the Java client
+    and aiokafka compute it), with each key's hash remembered.
+
+    aiokafka hashes every record's key in pure Python, a few microseconds
+    each; membership records come again and again for the same contacts, so
+    the worker keeps the hashes of the keys it saw last (up to ``limit``, then
+    starts over). The partition is ``hash % partitions`` as in the default
+    partitioner, so a key lands where any Kafka client would put it.
+    """
+
+    __slots__ = ("_hashes", "limit")
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self._hashes: dict[bytes, int] = {}
+
+    def partition(self, key: bytes, partitions: int) -> int:
+        hashed = self._hashes.get(key)
+        if hashed is None:
+            if len(self._hashes) >= self.limit:
+                self._hashes.clear()
+            hashed = self._hashes[key] = int(murmur2(key)) & 0x7FFFFFFF
+        return hashed % partitions
+
+
 class Publisher:
     """The worker's one producer."""
 
@@ -122,6 +149,7 @@ class Publisher:
         self.membership_topic = settings.topic(MEMBERSHIP_TOPIC)
         self.deadletter_topic = settings.topic(DEADLETTER_TOPIC)
         self._producer: AIOKafkaProducer | None = None
+        self._keys = KeyHashes()
 
     async def start(self) -> None:
         # aiokafka binds its clients to the running loop: create them here.
@@ -160,10 +188,22 @@ class Publisher:
     async def _send_all(
         self, topic: str, items: Sequence[tuple[bytes | None, bytes, list[Any]]]
     ) -> list[Any]:
-        """Send every item and wait for Kafka; returns their record metadata."""
+        """Send every item and wait for Kafka; returns their record metadata.
+
+        Keyed records go to the partition the default partitioner would pick
+        (``KeyHashes``); the others are left to the producer."""
+        producer = self.producer
+        keys = self._keys
         try:
+            count = len(await producer.partitions_for(topic))
             futures = [
-                await self.producer.send(topic, value, key=key, headers=headers)
+                await producer.send(
+                    topic,
+                    value,
+                    key=key,
+                    partition=None if key is None else keys.partition(key, count),
+                    headers=headers,
+                )
                 for key, value, headers in items
             ]
             return list(await asyncio.gather(*futures))
