@@ -154,8 +154,15 @@ def _label(frame: str) -> str:
     return f"{m.group('name')} ({file})"
 
 
+#: Work a root function starts as tasks of its own: their stacks begin at the
+#: event loop, not under the root, and count for the root's phase. The
+#: engine sends its compare-and-set writes as tasks while it computes.
+SPAWNED = ("Store.write",)
+
+
 def summarize(folded: str, root: str, top: int = 25) -> dict[str, Any]:
-    """Component shares and the top inclusive functions under ``root``."""
+    """Component shares and the top inclusive functions under ``root`` (and
+    under the tasks it spawns, ``SPAWNED``)."""
     owner = {name: label for label, names in COMPONENTS for name in names}
     by_component: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -166,10 +173,16 @@ def summarize(folded: str, root: str, top: int = 25) -> dict[str, Any]:
             continue
         frames = stack.split(";")
         names = [_name(f) for f in frames]
-        if root not in names:
+        start: str | None = None
+        if root in names:
+            start = root
+        elif set(ROOTS.values()).isdisjoint(names):
+            # A task on its own (under no phase's root): the root's if spawned.
+            start = next((n for n in SPAWNED if n in names), None)
+        if start is None:
             continue
-        frames = frames[names.index(root) :]
-        names = names[names.index(root) :]
+        frames = frames[names.index(start) :]
+        names = names[names.index(start) :]
         n = int(count)
         total += n
         component = f"rest of {root} (its own code, asyncio, logging)"
