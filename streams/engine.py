@@ -167,10 +167,17 @@ class _WriteStream:
             self._since_yield = 0
             await asyncio.sleep(0)
 
-    def _send(self) -> None:
+    def _send(self, *, last: bool = False) -> None:
+        """Send the writes computed since the last chunk; the wake-ups wait
+        for the last one: they are grouped by shard, one script call per
+        shard, so sending them with every chunk would multiply the calls
+        (16 shards) without saving any work."""
         writes = self.writes[self._sent_writes :]
-        wakeups = self.wakeups[self._sent_wakeups :]
-        self._sent_writes, self._sent_wakeups = len(self.writes), len(self.wakeups)
+        self._sent_writes = len(self.writes)
+        wakeups: list[tuple[ContactRef, int, int | None]] = []
+        if last:
+            wakeups = self.wakeups[self._sent_wakeups :]
+            self._sent_wakeups = len(self.wakeups)
         if writes or wakeups:
             self._tasks.append(asyncio.create_task(self._store.write(writes, wakeups)))
 
@@ -180,7 +187,7 @@ class _WriteStream:
 
     async def finish(self) -> set[ContactRef]:
         """Send what is left, wait for every chunk; the contacts that lost."""
-        self._send()
+        self._send(last=True)
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
         conflicts: set[ContactRef] = set()
         for result in results:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -24,7 +25,7 @@ from signals.cache import ProfileCache
 from signals.keys import ContactRef, Keys
 from signals.store import Store
 from signals.windows import US, to_us
-from streams.engine import Clock, Engine
+from streams.engine import WRITE_CHUNK, Clock, Engine
 from tests.engine_fixtures import Sink
 
 pytestmark = pytest.mark.services
@@ -151,3 +152,60 @@ async def test_walks_put_back_only_what_they_took_from_the_cache(
         await cached.update({CONTACT: [], elsewhere: []}, reason=reason)
         assert cached.profiles.take([CONTACT, elsewhere]).keys() == {CONTACT}
         await cached.update({CONTACT: [click(4)]}, reason="event")  # back in
+
+
+async def test_a_batch_larger_than_a_write_chunk_is_written_whole(
+    engines: tuple[Engine, Engine, Sink, Keys], redis: Redis
+) -> None:
+    engine = engines[1]
+    store = engine.store
+    refs = [ContactRef(TENANT, f"+1555{n:07d}") for n in range(2 * WRITE_CHUNK + 100)]
+    work = {
+        ref: [
+            parse_event(
+                orjson.dumps(
+                    {
+                        "event_id": f"chunk-{ref.contact_id}-{i}",
+                        "tenant_id": TENANT,
+                        "contact_id": ref.contact_id,
+                        "type": "link.clicked",
+                        "occurred_at": (NOW - timedelta(minutes=i + 1)).strftime(
+                            "%Y-%m-%dT%H:%M:%SZ"
+                        ),
+                        "data": {"url": "https://shop.example/p"},
+                    }
+                )
+            )
+            for i in range(3)
+        ]
+        for ref in refs
+    }
+    sent: list[tuple[int, int]] = []
+    real_write = store.write
+
+    async def write(writes: Any, wakeups: Any) -> set[ContactRef]:
+        wakeups = list(wakeups)
+        sent.append((len(writes), len(wakeups)))
+        return await real_write(writes, wakeups)
+
+    store.write = write  # type: ignore[method-assign]
+    try:
+        outcome = await engine.update(work, reason="event")
+    finally:
+        store.write = real_write  # type: ignore[method-assign]
+
+    # Two full chunks went out while the batch was computed, the rest with
+    # every wake-up (one script call per shard) at the end.
+    assert sent == [(WRITE_CHUNK, 0), (WRITE_CHUNK, 0), (100, len(refs))]
+    assert outcome.written == len(refs) and outcome.conflicts == 0
+    loaded = await store.load(refs)
+    assert {loaded.profiles[ref].version for ref in refs} == {1}
+    # Each entered its segment; once published, its wake-up is the day its
+    # first click leaves the 7-day window.
+    assert len(engines[2].records) == len(refs)
+    expected = to_us(datetime(2026, 6, 8, tzinfo=UTC))
+    for ref in refs:
+        score = await redis.zscore(
+            engine.store.keys.wakeups(engine.store.keys.wake_shard(ref)), ref.member
+        )
+        assert score == expected
