@@ -167,17 +167,16 @@ class _WriteStream:
             self._since_yield = 0
             await asyncio.sleep(0)
 
-    def _send(self, *, last: bool = False) -> None:
-        """Send the writes computed since the last chunk; the wake-ups wait
-        for the last one: they are grouped by shard, one script call per
-        shard, so sending them with every chunk would multiply the calls
-        (16 shards) without saving any work."""
+    def _send(self) -> None:
+        """Send the writes and wake-ups computed since the last chunk.
+
+        The wake-ups go with their chunk: holding them all for the last one
+        (one script call per wake-up shard instead of one per shard and
+        chunk) left Redis filing them while the batch waited, about 10 ms of
+        a 2,000-record batch (``hot_path.py``, 3 interleaved pairs)."""
         writes = self.writes[self._sent_writes :]
-        self._sent_writes = len(self.writes)
-        wakeups: list[tuple[ContactRef, int, int | None]] = []
-        if last:
-            wakeups = self.wakeups[self._sent_wakeups :]
-            self._sent_wakeups = len(self.wakeups)
+        wakeups = self.wakeups[self._sent_wakeups :]
+        self._sent_writes, self._sent_wakeups = len(self.writes), len(self.wakeups)
         if writes or wakeups:
             self._tasks.append(asyncio.create_task(self._store.write(writes, wakeups)))
 
@@ -187,7 +186,7 @@ class _WriteStream:
 
     async def finish(self) -> set[ContactRef]:
         """Send what is left, wait for every chunk; the contacts that lost."""
-        self._send(last=True)
+        self._send()
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
         conflicts: set[ContactRef] = set()
         for result in results:

@@ -8,6 +8,7 @@ be counted.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -166,7 +167,7 @@ async def test_batches_within_the_interval_share_a_commit_and_all_get_committed(
     finally:
         await loop.stop()
     # At most one commit per interval, so batches shared them.
-    gaps = [b - a for a, b in zip(loop.commit_times, loop.commit_times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(loop.commit_times)]
     assert gaps, "the batches after the first were never committed"
     assert min(gaps) >= settings.commit_interval_seconds - 0.05, gaps
     assert len(loop.commits) < loop.batches

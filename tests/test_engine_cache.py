@@ -194,9 +194,9 @@ async def test_a_batch_larger_than_a_write_chunk_is_written_whole(
     finally:
         store.write = real_write  # type: ignore[method-assign]
 
-    # Two full chunks went out while the batch was computed, the rest with
-    # every wake-up (one script call per shard) at the end.
-    assert sent == [(WRITE_CHUNK, 0), (WRITE_CHUNK, 0), (100, len(refs))]
+    # Two full chunks went out while the batch was computed, each with its
+    # contacts' wake-ups, and the rest at the end.
+    assert sent == [(WRITE_CHUNK, WRITE_CHUNK), (WRITE_CHUNK, WRITE_CHUNK), (100, 100)]
     assert outcome.written == len(refs) and outcome.conflicts == 0
     loaded = await store.load(refs)
     assert {loaded.profiles[ref].version for ref in refs} == {1}
