@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -19,18 +18,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from pydantic import SecretStr
 
-from segments.registry import Registry, RegistryCache
-from signals.keys import Keys
-from signals.redis_client import connect
 from signals.store import Store
-from signals.windows import US
 from streams.demo import record_key, topic_for
-from streams.engine import Clock, Engine
-from streams.ingest import Ingest
-from streams.kafka import Publisher, ensure_topics
+from streams.kafka import Publisher
 from streams.settings import Settings
+from tests.engine_fixtures import fresh_ingest, ingest_parts
 from tests.events import Events
 
 pytestmark = pytest.mark.services
@@ -40,15 +33,7 @@ class Counted:
     """The ingest loop of one worker, its batches and its commits counted."""
 
     def __init__(self, settings: Settings, store: Store, publisher: Publisher) -> None:
-        registry = Registry(store.redis, store.keys, default_limit=10)
-        engine = Engine(
-            store,
-            RegistryCache(registry),
-            publisher,
-            Clock(manual=False),
-            dedup_horizon_us=24 * 3600 * US,
-        )
-        self.ingest = Ingest(settings, engine, publisher)
+        self.ingest = fresh_ingest(settings, store, publisher)
         self.batches = 0
         self.records = 0
         self.commits: list[dict[TopicPartition, int]] = []
@@ -85,26 +70,10 @@ class Counted:
 async def parts(
     kafka_bootstrap: str, redis_url: str
 ) -> AsyncIterator[tuple[Settings, Store, Publisher]]:
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka_bootstrap=kafka_bootstrap,
-        redis_url=SecretStr(redis_url),
-        topic_prefix=f"cmt{run}.",
-        redis_prefix=f"cmt{run}",
-        consumer_group=f"cmt{run}",
-        commit_interval_seconds=2.0,
-    )
-    await ensure_topics(settings, partitions=2)
-    redis = connect(redis_url)
-    store = Store(redis, Keys(settings.redis_prefix))
-    await store.load_scripts()
-    publisher = Publisher(settings)
-    await publisher.start()
-    yield settings, store, publisher
-    await publisher.stop()
-    async for key in redis.scan_iter(f"{settings.redis_prefix}:*"):
-        await redis.unlink(key)
-    await redis.aclose()
+    async with ingest_parts(
+        kafka_bootstrap, redis_url, "cmt", commit_interval_seconds=2.0
+    ) as parts:
+        yield parts
 
 
 async def publish(settings: Settings, events: list[dict[str, Any]]) -> None:

@@ -8,23 +8,18 @@ same records: every letter must be in the topic once.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from pydantic import SecretStr
 
-from segments.registry import Registry, RegistryCache
-from signals.keys import Keys
-from signals.redis_client import connect
 from signals.store import Store
-from signals.windows import US
-from streams.engine import Clock, Engine
 from streams.ingest import Ingest
-from streams.kafka import DeadLetter, Publisher, ensure_topics
+from streams.kafka import DeadLetter, Publisher
 from streams.settings import Settings
+from tests.engine_fixtures import fresh_ingest as worker
+from tests.engine_fixtures import ingest_parts
 
 pytestmark = pytest.mark.services
 
@@ -49,37 +44,8 @@ def letter(offset: int) -> DeadLetter:
 async def parts(
     kafka_bootstrap: str, redis_url: str
 ) -> AsyncIterator[tuple[Settings, Store, Publisher]]:
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka_bootstrap=kafka_bootstrap,
-        redis_url=SecretStr(redis_url),
-        topic_prefix=f"dlr{run}.",
-        redis_prefix=f"dlr{run}",
-    )
-    await ensure_topics(settings, partitions=2)
-    redis = connect(redis_url)
-    store = Store(redis, Keys(settings.redis_prefix))
-    await store.load_scripts()
-    publisher = Publisher(settings)
-    await publisher.start()
-    yield settings, store, publisher
-    await publisher.stop()
-    async for key in redis.scan_iter(f"{settings.redis_prefix}:*"):
-        await redis.unlink(key)
-    await redis.aclose()
-
-
-def worker(settings: Settings, store: Store, publisher: Publisher) -> Ingest:
-    """A fresh worker's ingest side (nothing checked since its assignment)."""
-    registry = Registry(store.redis, store.keys, default_limit=10)
-    engine = Engine(
-        store,
-        RegistryCache(registry),
-        publisher,
-        Clock(manual=False),
-        dedup_horizon_us=24 * 3600 * US,
-    )
-    return Ingest(settings, engine, publisher)
+    async with ingest_parts(kafka_bootstrap, redis_url, "dlr") as parts:
+        yield parts
 
 
 async def letters_in_topic(settings: Settings) -> list[int]:
