@@ -12,7 +12,7 @@ The update path, per batch of contacts (see ``docs/design.md``):
    still has to reach Kafka. A version mismatch means another writer (a
    backfill, a worker taking over after a rebalance) won: the caller re-reads
    that contact and tries again, never overwriting newer state. Wake-ups are
-   written in the same round trip, one script call per shard.
+   written in the same round trip, one script call for every shard.
 4. ``finish``: after Kafka acknowledged the membership records, one round
    trip indexes the members and clears the outboxes still holding what was
    published (one script, atomic per contact) and moves the wake-ups on.
@@ -104,23 +104,31 @@ end
 return cleared
 """
 
-# KEYS: wake-up zset, versions hash; ARGV: triples member, version, score
-# ('' score removes the wake-up).
+# KEYS: per shard, its wake-up zset and versions hash. ARGV: per shard, the
+# number of its updates, then each update as member, version, score ('' score
+# removes the wake-up). One call for every shard of a write: a call per shard
+# had been most of the commands the worker sent and a reply for redis-py to
+# read each (about 20 us apiece).
 _WAKE_SET = """
-local applied = 0
-for i = 1, #ARGV, 3 do
-  local member, version, score = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  local stored = tonumber(redis.call('HGET', KEYS[2], member) or '-1')
-  if version >= stored then
-    if score == '' then
-      redis.call('ZREM', KEYS[1], member)
-      redis.call('HDEL', KEYS[2], member)
-    else
-      redis.call('ZADD', KEYS[1], score, member)
-      redis.call('HSET', KEYS[2], member, version)
+local applied, a = 0, 1
+for k = 1, #KEYS, 2 do
+  local zset, versions = KEYS[k], KEYS[k + 1]
+  local last = a + 3 * tonumber(ARGV[a])
+  for i = a + 1, last, 3 do
+    local member, version, score = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+    local stored = tonumber(redis.call('HGET', versions, member) or '-1')
+    if version >= stored then
+      if score == '' then
+        redis.call('ZREM', zset, member)
+        redis.call('HDEL', versions, member)
+      else
+        redis.call('ZADD', zset, score, member)
+        redis.call('HSET', versions, member, version)
+      end
+      applied = applied + 1
     end
-    applied = applied + 1
   end
+  a = last + 1
 end
 return applied
 """
@@ -432,14 +440,15 @@ class Store:
                 version,
                 "" if instant is None else instant,
             ]
-        for shard, args in by_shard.items():
-            pipe.evalsha(
-                self._sha["wake"],
-                2,
-                self.keys.wakeups(shard),
-                self.keys.wake_versions(shard),
-                *args,
-            )
+        if not by_shard:
+            return
+        keys: list[str] = []
+        args: list[Any] = []
+        for shard, updates in by_shard.items():
+            keys += (self.keys.wakeups(shard), self.keys.wake_versions(shard))
+            args.append(len(updates) // 3)
+            args += updates
+        pipe.evalsha(self._sha["wake"], len(keys), *keys, *args)
 
     async def due(
         self, shard: int, now_us: int, limit: int

@@ -64,6 +64,7 @@ class Components:
             dedup_horizon_us=int(settings.dedup_horizon_hours * 3600 * US),
             metrics=self.metrics,
             profiles=ProfileCache(settings.profile_cache_contacts),
+            retry=self.retry,
         )
         self.ingest = Ingest(settings, self.engine, self.publisher, self.retry)
         self.sweeper = ClockSweeper(self.engine, self.store)

@@ -17,15 +17,30 @@ A crash after 3 leaves the outbox in Redis and the contact's wake-up due at
 once, so whoever touches the contact next (the redelivered event, or the
 clock sweep) publishes it again with the same event ids. The caller commits
 Kafka offsets only after ``update`` returns.
+
+Pipelined deliveries. For batches of events, ``apply_events`` returns after
+step 3 and leaves steps 4-5 (the delivery) running while the caller fetches
+and applies the next batch: at a modest rate a batch's Kafka acknowledgement
+and finishing script are a large part of its time (56-record batches at 4,400
+events/s: 3.5 of 12 ms). At most one delivery is in flight: a batch's delivery
+starts once the previous one is done, so records leave in batch order and a
+slow Kafka holds the ingest back. A batch with a contact whose outbox is still
+being delivered waits for that delivery before it loads the contact, so a
+contact's records are never published out of order or twice by this worker.
+Every other update (clock sweeps, backfills, deletions, single contacts) waits
+for the delivery in flight first, so the sweep never mistakes an outbox being
+published for a crashed writer's. The caller commits a batch's offsets once
+its delivery is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
@@ -51,6 +66,7 @@ from signals.store import ContactWrite, Finished, Store
 from signals.view import ContactView
 from signals.windows import local_date_us
 from streams.metrics import Metrics
+from streams.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +223,7 @@ class Engine:
         dedup_horizon_us: int,
         metrics: Metrics | None = None,
         profiles: ProfileCache | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -219,6 +236,11 @@ class Engine:
         # is never picked up again by this worker's clock sweep or a backfill
         # (workers still race each other; compare-and-set settles that).
         self._serial = asyncio.Lock()
+        #: Retries a pipelined delivery while Kafka or Redis is away.
+        self.retry = retry or RetryPolicy()
+        #: The delivery in flight (see the module docstring) and its contacts.
+        self._delivery: asyncio.Task[None] | None = None
+        self._delivering: Set[ContactRef] = frozenset()
 
     async def now_us(self) -> int:
         """Current "now", refreshing the shared manual clock first."""
@@ -239,14 +261,92 @@ class Engine:
         ``only`` restricts evaluation to one segment (a backfill); ``drop``
         ends one segment's memberships (a deletion).
         """
-        async with self._serial:
+        async with self.exclusive():
             return await self.update_exclusive(
                 work, reason=reason, only=only, drop=drop
             )
 
-    def exclusive(self) -> asyncio.Lock:
-        """Hold this to read wake-ups and update without another update between."""
-        return self._serial
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold this to read wake-ups and update without another update between.
+
+        Taking it also waits for the delivery in flight: inside, every outbox
+        this worker wrote is either published and cleared or a failure's.
+        """
+        async with self._serial:
+            await self.delivered()
+            yield
+
+    async def delivered(self) -> None:
+        """Wait for the delivery in flight, if there is one.
+
+        Shielded: a waiter that is cancelled leaves the delivery running.
+        """
+        task = self._delivery
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done() and self._delivery is task:
+                self._delivery, self._delivering = None, frozenset()
+
+    async def apply_events(
+        self, work: Mapping[ContactRef, Sequence[Event]]
+    ) -> tuple[Outcome, asyncio.Task[None]]:
+        """Steps 1-3 for a batch of events; returns with steps 4-5 running.
+
+        The returned task (the delivery) retries while Kafka or Redis is away
+        and never raises: should publishing fail for good, the records stay
+        in their contacts' outboxes, due at once, for the clock sweep. Wait
+        for it before committing the batch's offsets. ``Outcome.published`` is
+        set when it is done.
+        """
+        async with self._serial:
+            if not self._delivering.isdisjoint(work):
+                await self.delivered()
+            outcome, staged = await self._apply(
+                work, reason="event", only=None, drop=None
+            )
+            # One delivery at a time, in batch order.
+            await self.delivered()
+            task = asyncio.create_task(self._deliver(staged, outcome))
+            self._delivery, self._delivering = task, frozenset(staged)
+            return outcome, task
+
+    async def _deliver(
+        self, staged: Mapping[ContactRef, _Staged], outcome: Outcome
+    ) -> None:
+        """Steps 4-5 of a pipelined batch, each retried on its own."""
+        started = time.perf_counter()
+        records = [item for s in staged.values() for item in s.outbox]
+        try:
+            if records:
+                await self.retry.call(
+                    "publishing membership changes",
+                    lambda: self._publish(records, outcome),
+                )
+            await self.retry.call(
+                "clearing published outboxes", lambda: self._finish(staged)
+            )
+        except asyncio.CancelledError:
+            self.profiles.discard(staged)
+            raise
+        except Exception:
+            self.profiles.discard(staged)
+            logger.exception(
+                "Delivering %d membership records of %d contacts failed; they "
+                "stay in the contacts' outboxes, and the clock sweep publishes them",
+                len(records),
+                len(staged),
+            )
+            return
+        logger.debug(
+            "Delivered %d membership records of %d contacts in %.1f ms",
+            len(records),
+            len(staged),
+            (time.perf_counter() - started) * 1000,
+        )
 
     async def update_exclusive(
         self,
@@ -257,6 +357,31 @@ class Engine:
         drop: Segment | None = None,
     ) -> Outcome:
         """``update`` for a caller that already holds ``exclusive()``."""
+        outcome, staged = await self._apply(work, reason=reason, only=only, drop=drop)
+        # 4. Publish and wait for Kafka, then 5. clear and index.
+        started = time.perf_counter()
+        try:
+            await self._publish_and_finish(staged, outcome)
+        except BaseException:
+            # Whether those outboxes are still stored is unknown now.
+            self.profiles.discard(staged)
+            raise
+        logger.debug(
+            "Published and finished %d contacts in %.1f ms",
+            len(staged),
+            (time.perf_counter() - started) * 1000,
+        )
+        return outcome
+
+    async def _apply(
+        self,
+        work: Mapping[ContactRef, Sequence[Event]],
+        *,
+        reason: Reason,
+        only: Segment | None,
+        drop: Segment | None,
+    ) -> tuple[Outcome, dict[ContactRef, _Staged]]:
+        """Steps 1-3: load, fold and evaluate, compare-and-set; what to publish."""
         outcome = Outcome()
         staged: dict[ContactRef, _Staged] = {}
         pending = list(work)
@@ -442,23 +567,15 @@ class Engine:
                 f"{len(pending)} contacts kept losing write races; batch retried"
             )
 
-        # 4. Publish and wait for Kafka, then 5. clear and index.
-        try:
-            await self._publish_and_finish(staged, outcome)
-        except BaseException:
-            # Whether those outboxes are still stored is unknown now.
-            self.profiles.discard(staged)
-            raise
         logger.debug(
             "Updated %d contacts: load %.1f ms, compute %.1f ms (writes sent "
-            "meanwhile), last writes %.1f ms, publish and finish %.1f ms",
+            "meanwhile), last writes %.1f ms",
             len(work),
             (t1 - t0) * 1000,
             (t2 - t1) * 1000,
             (t3 - t2) * 1000,
-            (time.perf_counter() - t3) * 1000,
         )
-        return outcome
+        return outcome, staged
 
     def _count_applied(
         self,
@@ -579,11 +696,14 @@ class Engine:
     ) -> None:
         records = [item for s in staged.values() for item in s.outbox]
         if records:
-            await self.sink.publish_membership(records)
-            outcome.published = len(records)
-            for item in records:
-                self.metrics.membership_changes.labels(item["reason"]).inc()
+            await self._publish(records, outcome)
         await self._finish(staged)
+
+    async def _publish(self, records: list[dict[str, Any]], outcome: Outcome) -> None:
+        await self.sink.publish_membership(records)
+        outcome.published = len(records)
+        for item in records:
+            self.metrics.membership_changes.labels(item["reason"]).inc()
 
     async def _finish(self, staged: Mapping[ContactRef, _Staged]) -> None:
         finished = []

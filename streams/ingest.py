@@ -11,11 +11,14 @@ HTTP server) and consumes with aiokafka directly:
 2. Validate every record; the invalid ones go to the dead-letter topic with
    their original bytes and a readable reason, and Kafka acknowledges them
    before anything else happens, so none is lost and none stops the batch.
-3. Apply the valid events through ``Engine.update`` (one read and one write
-   round trip for the whole batch; see ``streams.engine``). Redis or Kafka
-   being away is retried until it comes back; nothing is skipped.
-4. Commit, per partition, the offset after the last record of the batch,
-   while the next batch is fetched and processed. Commits stay in order, one
+3. Apply the valid events through ``Engine.apply_events`` (one read and one
+   write round trip for the whole batch; see ``streams.engine``). Redis or
+   Kafka being away is retried until it comes back; nothing is skipped. The
+   batch's membership records are published, and its outboxes cleared,
+   while the next batch is fetched and applied (one such delivery at a time).
+4. Commit, per partition, the offset after the last record of the batch once
+   its delivery is done, while the next batch is fetched and processed.
+   Commits stay in order, one
    in flight, at most one per ``COMMIT_INTERVAL_SECONDS``: the batches
    applied meanwhile go in the next commit together (small batches at a
    modest rate would otherwise send a commit every few milliseconds, each
@@ -26,8 +29,9 @@ Offsets are committed only in step 4, after every effect of the batch is
 durable in Redis and acknowledged by Kafka, so a crash anywhere replays the
 batch; deduplication by ``event_id`` and the outbox make the replay change
 nothing and re-publish the same membership records. A rebalance waits for the
-batch in flight (the revoke callback takes the same lock), so a partition is
-never handed over with applied but uncommitted work. A worker that lost its
+batch in flight and its delivery (the revoke callback takes the same lock and
+then commits), so a partition is never handed over with applied but
+uncommitted work. A worker that lost its
 partitions while paused finds its commit refused and its writes rejected by
 compare-and-set, so it cannot undo newer work.
 """
@@ -65,6 +69,9 @@ class BatchStats:
     records: int = 0
     dead_letters: int = 0
     outcome: Outcome | None = None
+    #: The batch's delivery, still running when ``process`` returns; None
+    #: when nothing is left to deliver.
+    delivery: asyncio.Task[None] | None = None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -87,6 +94,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # Another worker may have dead-lettered for these partitions and
         # crashed before marking: look again before dead-lettering here.
         self.ingest.letters_checked.clear()
+
+
+def _failed(task: asyncio.Task[None]) -> bool:
+    return not task.cancelled() and task.exception() is not None
 
 
 def _describe(partitions: set[TopicPartition]) -> str:
@@ -124,6 +135,9 @@ class Ingest:
         #: Set while someone waits for everything applied to be committed.
         self._commit_now = asyncio.Event()
         self._last_commit = 0.0
+        #: Marks the last batch's offsets applied once its delivery is done;
+        #: each waits for the one before, so offsets are marked in order.
+        self._marking: asyncio.Task[None] | None = None
         #: Runs Python's cyclic garbage collector between batches; the worker
         #: process starts it (``streams.cli``), tests and tools leave it be.
         self.collector = Collector()
@@ -182,7 +196,7 @@ class Ingest:
             async with self.batch_lock:
                 if self._stopping:
                     return
-                await self.process(batch)
+                stats = await self.process(batch)
                 offsets = {
                     tp: records[-1].offset + 1
                     for tp, records in batch.items()
@@ -191,19 +205,44 @@ class Ingest:
                 # The records die here, before the collector runs: it walks
                 # whatever is alive and young.
                 del batch
-                self._uncommitted.update(offsets)
-                # The commit runs while the next batches are fetched and
-                # processed; commits stay in order, one in flight at a time.
-                if self._commit_task is None or self._commit_task.done():
-                    if self._commit_task is not None:
-                        await self._commit_task
-                    self._commit_task = asyncio.create_task(self._commit_applied())
+                self._marking = asyncio.create_task(
+                    self._mark_when_delivered(stats.delivery, offsets, self._marking)
+                )
+                if self._commit_task is not None and self._commit_task.done():
+                    self._commit_task.result()  # an unexpected failure stops here
             self.collector.after_batch()
 
+    async def _mark_when_delivered(
+        self,
+        delivery: asyncio.Task[None] | None,
+        offsets: dict[TopicPartition, int],
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        """Hand a batch's offsets to the commits once it is delivered."""
+        if previous is not None:
+            await previous
+        if delivery is not None:
+            await asyncio.shield(delivery)
+        for tp, offset in offsets.items():
+            self._uncommitted[tp] = max(self._uncommitted.get(tp, 0), offset)
+        # The commit runs while the next batches are fetched and processed;
+        # commits stay in order, one in flight at a time.
+        task = self._commit_task
+        if task is not None and (not task.done() or _failed(task)):
+            return  # running (it takes these too), or failed: ``run`` raises it
+        self._commit_task = asyncio.create_task(self._commit_applied())
+
     async def committed(self) -> None:
-        """Commit every offset applied so far, now, and wait for Kafka."""
+        """Commit every offset applied so far, now, and wait for Kafka.
+
+        Batches still being delivered are waited for first."""
         self._commit_now.set()
         try:
+            marking = self._marking
+            if marking is not None:
+                await asyncio.shield(marking)
+                if self._marking is marking:
+                    self._marking = None
             while self._commit_task is not None or self._uncommitted:
                 task = self._commit_task
                 if task is None:
@@ -232,7 +271,10 @@ class Ingest:
             await self._commit(offsets)
 
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> BatchStats:
-        """Steps 1-3 of the module docstring for one ``getmany`` result."""
+        """Steps 1-3 of the module docstring for one ``getmany`` result.
+
+        Returns with the batch's delivery running (``BatchStats.delivery``).
+        """
         stats = BatchStats()
         started = time.perf_counter()
 
@@ -260,7 +302,7 @@ class Ingest:
 
         # 3. Apply. A failure that retrying cannot fix is isolated per contact.
         if work:
-            stats.outcome = await self._apply(work, origins)
+            stats.outcome, stats.delivery = await self._apply(work, origins)
         metrics = self.engine.metrics
         metrics.batch_seconds.observe(time.perf_counter() - started)
         done_ms = time.time() * 1000
@@ -360,10 +402,10 @@ class Ingest:
         self,
         work: dict[ContactRef, list[Event]],
         origins: dict[ContactRef, list[tuple[TopicPartition, Any]]],
-    ) -> Outcome:
+    ) -> tuple[Outcome, asyncio.Task[None] | None]:
         try:
             return await self.retry.call(
-                "applying a batch", lambda: self.engine.update(work, reason="event")
+                "applying a batch", lambda: self.engine.apply_events(work)
             )
         except asyncio.CancelledError:
             raise
@@ -393,7 +435,7 @@ class Ingest:
             outcome.applied += one.applied
             outcome.duplicates += one.duplicates
             outcome.changes += one.changes
-        return outcome
+        return outcome, None
 
     async def refresh_lag(self) -> None:
         """Set the consumer-lag gauge of every assigned partition (on scrape)."""

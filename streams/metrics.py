@@ -78,13 +78,13 @@ class Metrics:
         )
         self.batch_seconds = Histogram(
             "profilestream_batch_seconds",
-            "Time to validate, apply and publish one consumed batch.",
+            "Time to validate and apply one consumed batch (publishing runs after).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.event_age_seconds = Histogram(
             "profilestream_event_age_seconds",
-            "From a record's Kafka timestamp to the end of its batch.",
+            "From a record's Kafka timestamp to its batch being applied.",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -1,5 +1,6 @@
 """Offset commits: batches applied within the commit interval share a commit,
-nothing applied is left uncommitted, and a rebalance or a stop commits at once.
+nothing applied is left uncommitted, a rebalance or a stop commits at once,
+and a batch is committed only once its membership records are published.
 
 Real Kafka and Redis; the ingest loop runs in-process so that its commits can
 be counted.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from segments.rules import parse_spec
 from signals.store import Store
 from streams.demo import record_key, topic_for
 from streams.kafka import Publisher
@@ -184,3 +186,47 @@ async def test_stop_commits_what_is_applied(
     finally:
         if not stopped:
             await loop.stop()
+
+
+class GatedPublisher:
+    """Publishes membership records through the real publisher once open."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+        self.gate = asyncio.Event()
+
+    async def publish_membership(self, records: Sequence[dict[str, Any]]) -> None:
+        await self.gate.wait()
+        await self.publisher.publish_membership(records)
+
+
+async def test_a_batch_is_committed_once_its_records_are_published(
+    parts: tuple[Settings, Store, Publisher],
+) -> None:
+    settings = parts[0].model_copy(update={"commit_interval_seconds": 0.1})
+    loop = Counted(settings, *parts[1:])
+    registry = loop.ingest.engine.cache.registry
+    await registry.put_tenant("acme", timezone="UTC")
+    gold = {"field": "attribute.tier", "op": "is", "value": "gold"}
+    await registry.create(
+        "acme",
+        parse_spec(
+            {"name": "gold", "kind": "active", "rule": {"any": [{"all": [gold]}]}}
+        ),
+    )
+    gated = GatedPublisher(parts[2])
+    loop.ingest.engine.sink = gated
+    await loop.start()
+    try:
+        await publish(settings, bursts(1)[0])
+        await wait_for_records(loop, 5)  # applied: written to Redis
+        await asyncio.sleep(1.0)  # ten commit intervals
+        assert sum((await committed(settings)).values()) == 0
+        gated.gate.set()
+        deadline = time.monotonic() + 15
+        while sum((await committed(settings)).values()) < 5:
+            assert time.monotonic() < deadline, loop.commits
+            await asyncio.sleep(0.1)
+    finally:
+        gated.gate.set()
+        await loop.stop()
