@@ -47,7 +47,13 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("garbage collection between batches", ("Collector.after_batch",)),
     (
         "engine's own per-contact work",
-        ("Engine.update_exclusive", "Engine._next_wake", "Engine._finish"),
+        (
+            "Engine.update_exclusive",
+            "Engine._apply",
+            "Engine._next_wake",
+            "Engine._deliver",
+            "Engine._finish",
+        ),
     ),
 )
 
@@ -156,8 +162,10 @@ def _label(frame: str) -> str:
 
 #: Work a root function starts as tasks of its own: their stacks begin at the
 #: event loop, not under the root, and count for the root's phase. The
-#: engine sends its compare-and-set writes as tasks while it computes.
-SPAWNED = ("Store.write",)
+#: engine sends its compare-and-set writes as tasks while it computes, and
+#: delivers a batch of events (publish, finish) while the next is applied;
+#: the ingest marks a batch's offsets in a task once it is delivered.
+SPAWNED = ("Store.write", "Engine._deliver", "Ingest._mark_when_delivered")
 
 
 def summarize(folded: str, root: str, top: int = 25) -> dict[str, Any]:

@@ -1223,6 +1223,14 @@ def rerender(directory: Path) -> Path:
             )
     bench.contention = document["contention"]
     bench.errors = document["errors"]
+    # Components are attributed again from the kept stacks, with today's rules.
+    for run in bench.results.get("profiled", []):
+        for phase in (run or {}).get("profile", {}):
+            folded = directory / "profile" / f"{phase}.folded"
+            if folded.exists():
+                run["profile"][phase] = bench_profile.summarize(
+                    folded.read_text(), bench_profile.ROOTS[phase]
+                )
     bench.write()
     return directory / "report.md"
 

@@ -23,6 +23,10 @@ FOLDED = "\n".join(
         # counted for the root's phase.
         "<module> (cli.py:1);Handle._run (asyncio/events.py:80);"
         "Store.write (signals/store.py:9);Profile.encode (signals/profile.py:3) 5",
+        # So is the delivery of a batch, publishing while the next is applied.
+        "<module> (cli.py:1);Handle._run (asyncio/events.py:80);"
+        "Engine._deliver (streams/engine.py:7);"
+        "Publisher.publish_membership (streams/kafka.py:4) 3",
         # Outside the root (another task of the worker): not counted.
         "<module> (cli.py:1);Web.handle (aiohttp/web.py:3) 50",
         # py-spy's partial stacks and a malformed line: skipped.
@@ -34,17 +38,18 @@ FOLDED = "\n".join(
 
 def test_each_sample_counts_once_for_its_deepest_component() -> None:
     summary = summarize(FOLDED, "Ingest.run")
-    assert summary["samples"] == 15
+    assert summary["samples"] == 18
     assert summary["components"] == {
-        "profile encode (JSON + zstd)": round(11 / 15, 4),
-        "Redis writes (client side)": round(2 / 15, 4),
-        "rest of Ingest.run (its own code, asyncio, logging)": round(2 / 15, 4),
+        "profile encode (JSON + zstd)": round(11 / 18, 4),
+        "publishing to Kafka": round(3 / 18, 4),
+        "Redis writes (client side)": round(2 / 18, 4),
+        "rest of Ingest.run (its own code, asyncio, logging)": round(2 / 18, 4),
     }
     assert abs(sum(summary["components"].values()) - 1.0) < 1e-3
     inclusive = dict(map(tuple, summary["top_inclusive"]))
-    assert inclusive["Ingest.run (ingest.py)"] == round(10 / 15, 4)
-    assert inclusive["Store.write (signals/store.py)"] == round(13 / 15, 4)
-    assert inclusive["Pipeline.execute (redis/x.py)"] == round(2 / 15, 4)
+    assert inclusive["Ingest.run (ingest.py)"] == round(10 / 18, 4)
+    assert inclusive["Store.write (signals/store.py)"] == round(13 / 18, 4)
+    assert inclusive["Pipeline.execute (redis/x.py)"] == round(2 / 18, 4)
 
 
 def test_a_phase_without_samples_under_its_root_is_empty() -> None:
