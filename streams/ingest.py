@@ -18,12 +18,12 @@ HTTP server) and consumes with aiokafka directly:
    while the next batch is fetched and applied (one such delivery at a time).
 4. Commit, per partition, the offset after the last record of the batch once
    its delivery is done, while the next batch is fetched and processed.
-   Commits stay in order, one
-   in flight, at most one per ``COMMIT_INTERVAL_SECONDS``: the batches
-   applied meanwhile go in the next commit together (small batches at a
-   modest rate would otherwise send a commit every few milliseconds, each
-   costing the worker and the broker more than the batch's own Kafka reads).
-   A rebalance or a stop commits what is applied at once and waits for it.
+   Commits stay in order, one in flight, at most one per
+   ``COMMIT_INTERVAL_SECONDS``: the batches applied meanwhile go in the next
+   commit together (small batches at a modest rate would otherwise send a
+   commit every few milliseconds, each costing the worker and the broker more
+   than the batch's own Kafka reads). A rebalance or a stop commits what is
+   applied at once and waits for it.
 
 Offsets are committed only in step 4, after every effect of the batch is
 durable in Redis and acknowledged by Kafka, so a crash anywhere replays the
@@ -31,9 +31,9 @@ batch; deduplication by ``event_id`` and the outbox make the replay change
 nothing and re-publish the same membership records. A rebalance waits for the
 batch in flight and its delivery (the revoke callback takes the same lock and
 then commits), so a partition is never handed over with applied but
-uncommitted work. A worker that lost its
-partitions while paused finds its commit refused and its writes rejected by
-compare-and-set, so it cannot undo newer work.
+uncommitted work. A worker that lost its partitions while paused finds its
+commit refused and its writes rejected by compare-and-set, so it cannot undo
+newer work.
 """
 
 from __future__ import annotations
