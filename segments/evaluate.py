@@ -134,6 +134,7 @@ class CompiledRule:
         today: date,
         tz: ZoneInfo,
         answer: bool | None = None,
+        until: date | None = None,
     ) -> date | None:
         """The first local date after ``today`` on which ``matches`` differs.
 
@@ -141,6 +142,8 @@ class CompiledRule:
         never changes; the horizon date (``today`` + ``HORIZON_DAYS``) when a
         recurring condition was only looked at that far and nothing changed.
         ``answer`` is ``matches`` on ``today``, when the caller knows it.
+        With ``until``, only dates up to it are looked at: the result is the
+        same where it is ``until`` or earlier, and None otherwise.
         """
         # 1. Gather every date on which some condition may flip.
         candidates: set[date] = set()
@@ -155,14 +158,19 @@ class CompiledRule:
         if not candidates and not recurring:
             return None  # no condition depends on the date
         horizon = today + _HORIZON
+        last = horizon if recurring else None
+        if until is not None and (last is None or until < last):
+            last = until
         if answer is None:
             answer = self.matches(view, today, tz)
         for day in sorted(day for day in candidates if day > today):
-            if recurring and day > horizon:
+            if last is not None and day > last:
                 break
             if self.matches(view, day, tz) != answer:
                 return day
-        return horizon if recurring else None
+        if recurring and (until is None or horizon <= until):
+            return horizon
+        return None
 
 
 def compile_rule(rule: Rule) -> CompiledRule:

@@ -563,10 +563,36 @@ def stored_view(
     times, the stamps of "latest" values) and rebuilds a counter's slots only
     when a rule reads that counter.
     """
+    return stored_state(stored, tenant_id, contact_id, tz).view
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """What a read-only walk needs of a stored profile: its view, and the
+    recorded answers and wake-up that decide whether evaluating a segment
+    would change anything (see ``Engine.backfill``)."""
+
+    view: ContactView
+    #: As ``Profile.membership``.
+    membership: Mapping[str, int]
+    next_wake_us: int | None
+    next_wake_segment: str | None
+
+
+def stored_state(
+    stored: bytes, tenant_id: str, contact_id: str, tz: ZoneInfo
+) -> StoredState:
+    """``stored_view``, with the recorded memberships and wake-up beside it."""
     document = orjson.loads(_decompress(stored))
     if document.get("f", 1) < 3:
-        return Profile(**_decode_v2(document)).view(tenant_id, contact_id, tz)
-    return _view(
+        profile = Profile(**_decode_v2(document))
+        return StoredState(
+            profile.view(tenant_id, contact_id, tz),
+            profile.membership,
+            profile.next_wake_us,
+            profile.next_wake_segment,
+        )
+    view = _view(
         tenant_id,
         contact_id,
         document.get("t", {}),
@@ -574,6 +600,21 @@ def stored_view(
         document.get("a", {}),
         _StoredCounters(document.get("c", {})),
         tz,
+    )
+    return StoredState(
+        view, document.get("m", {}), document.get("n"), document.get("ns")
+    )
+
+
+def profile_state(
+    profile: Profile, tenant_id: str, contact_id: str, tz: ZoneInfo
+) -> StoredState:
+    """The ``StoredState`` of a profile held in memory (the worker's cache)."""
+    return StoredState(
+        profile.view(tenant_id, contact_id, tz),
+        profile.membership,
+        profile.next_wake_us,
+        profile.next_wake_segment,
     )
 
 

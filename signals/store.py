@@ -296,6 +296,38 @@ class Store:
                 views[ref] = stored_view(body, ref.tenant_id, ref.contact_id, tz)
         return views
 
+    async def documents(
+        self, refs: Sequence[ContactRef]
+    ) -> tuple[dict[ContactRef, bytes], set[ContactRef], int, int | None]:
+        """The stored documents of ``refs``, undecoded, for a read-only look.
+
+        One round trip, as ``load``: the profiles, the outboxes, the epoch and
+        the manual clock. Returns each existing profile's document (without
+        its version; ``stored_state`` reads it), the contacts with an outbox
+        still to publish, the epoch and the manual clock.
+        """
+        keys = [self.keys.contact(r) for r in refs] + [
+            self.keys.outbox(r) for r in refs
+        ]
+        pipe = self.redis.pipeline(transaction=False)
+        if keys:
+            pipe.mget(keys)
+        pipe.get(self.keys.epoch)
+        pipe.get(self.keys.clock)
+        results = await self._execute(pipe)
+        values: list[bytes | None] = results[0] if keys else []
+        documents: dict[ContactRef, bytes] = {}
+        pending: set[ContactRef] = set()
+        for i, ref in enumerate(refs):
+            raw = values[i]
+            if raw is not None:
+                documents[ref] = raw[raw.index(b"|") + 1 :]
+            if values[len(refs) + i]:
+                pending.add(ref)
+        epoch = int(results[-2] or 0)
+        clock = int(results[-1]) if results[-1] is not None else None
+        return documents, pending, epoch, clock
+
     async def write(
         self,
         writes: Sequence[ContactWrite],

@@ -42,7 +42,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from functools import lru_cache
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -61,10 +61,10 @@ from segments.registry import RegistryCache, Segment
 from signals.cache import ProfileCache
 from signals.errors import StoreError
 from signals.keys import ContactRef
-from signals.profile import Profile
+from signals.profile import Profile, stored_state
 from signals.store import ContactWrite, Finished, Store
 from signals.view import ContactView
-from signals.windows import local_date_us
+from signals.windows import local_date_us, start_of_local_day, to_us
 from streams.metrics import Metrics
 from streams.retry import RetryPolicy
 
@@ -83,6 +83,14 @@ MAX_BOUNDARIES = 400
 def _local_today(now_us: int, tz: ZoneInfo) -> date:
     """``local_date_us`` for the one "now" of an update, asked per contact."""
     return local_date_us(now_us, tz)
+
+
+def _last_day_before(instant_us: int, tz: ZoneInfo) -> date:
+    """The last local date in ``tz`` that starts before ``instant_us``."""
+    day = local_date_us(instant_us, tz)
+    if to_us(start_of_local_day(day, tz)) < instant_us:
+        return day
+    return day - timedelta(days=1)
 
 
 class MembershipSink(Protocol):
@@ -372,6 +380,61 @@ class Engine:
             (time.perf_counter() - started) * 1000,
         )
         return outcome
+
+    async def backfill(self, refs: Sequence[ContactRef], segment: Segment) -> Outcome:
+        """``update`` of ``refs`` with ``reason="definition", only=segment``,
+        looking before it leaps.
+
+        Most contacts of a backfill keep both their recorded answer for the
+        segment and their wake-up instant, and then the update path would
+        write nothing for them; it would still build each one's ``Profile``
+        and book-keep it, four times the cost of reading its stored document.
+        So every contact is first read as ``stored_state`` (one round trip
+        for all), and only those whose answer differs from the recorded one,
+        whose wake-up the segment would move, or whose outbox is still to be
+        published go through the update path, which reads them again and
+        decides as it always does. The look applies the update path's own
+        rules (``record`` and ``_next_wake`` with ``only``): a contact it
+        passes over is one the update path would have left as it is.
+        """
+        async with self.exclusive():
+            documents, pending, epoch, clock = await self.store.documents(refs)
+            await self.cache.refresh(epoch)
+            self.clock.observe(clock)
+            now = self.clock.now_us()
+            tz = self.cache.tenant(segment.tenant_id).tz
+            today = _local_today(now, tz)
+            rule = segment.compiled
+            go: list[ContactRef] = []
+            skipped = 0
+            for ref in refs:
+                document = documents.get(ref)
+                if document is None:
+                    continue  # no such contact: nothing to evaluate
+                if ref in pending:
+                    go.append(ref)
+                    continue
+                state = stored_state(document, ref.tenant_id, ref.contact_id, tz)
+                member = rule.matches(state.view, today, tz)
+                recorded = state.membership.get(segment.id, 0) % 2 == 1
+                if member != recorded or state.next_wake_segment == segment.id:
+                    go.append(ref)
+                    continue
+                # ``_next_wake`` keeps the stored wake-up unless the segment
+                # changes on a day that starts before it.
+                stored = state.next_wake_us
+                until = None if stored is None else _last_day_before(stored, tz)
+                if rule.next_change(state.view, today, tz, member, until) is None:
+                    skipped += 1
+                else:
+                    go.append(ref)
+            outcome = Outcome()
+            if go:
+                outcome = await self.update_exclusive(
+                    {r: [] for r in go}, reason="definition", only=segment
+                )
+            outcome.touched += skipped
+            return outcome
 
     async def _apply(
         self,

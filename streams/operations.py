@@ -111,9 +111,7 @@ class SegmentOperations:
         report = WalkReport()
 
         async def step(refs: list[ContactRef]) -> None:
-            outcome = await self.engine.update(
-                {r: [] for r in refs}, reason="definition", only=segment
-            )
+            outcome = await self.engine.backfill(refs, segment)
             _count(report, outcome.changes)
 
         walked = await self._walk(

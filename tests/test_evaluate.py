@@ -749,3 +749,31 @@ def test_next_change_is_the_first_day_the_answer_differs(
         assert actual is None or actual >= horizon
     else:
         assert predicted == actual
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    data=st.data(),
+    tz=st.sampled_from(ZONES),
+    today=todays,
+    ahead=st.integers(min_value=-3, max_value=900),
+    groups=st.lists(
+        st.lists(conditions, min_size=1, max_size=3), min_size=1, max_size=2
+    ),
+)
+def test_next_change_until_is_the_first_change_up_to_that_day(
+    data: st.DataObject,
+    tz: ZoneInfo,
+    today: date,
+    ahead: int,
+    groups: list[list[Cond]],
+) -> None:
+    """What ``Engine.backfill``'s look asks: a change on or before ``until``."""
+    contact = data.draw(contacts(today, tz))
+    rule = compiled(*groups)
+    until = today + timedelta(ahead)
+
+    first = rule.next_change(contact, today, tz)
+    bounded = rule.next_change(contact, today, tz, until=until)
+
+    assert bounded == (first if first is not None and first <= until else None)
