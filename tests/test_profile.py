@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from schemas.events import Event, parse_event
 from signals.catalog import COUNT_SIGNALS, DATE_SIGNALS
-from signals.profile import BUSINESS_TIMES_CAP, Profile, signals_json, stored_view
+from signals.profile import (
+    BUSINESS_TIMES_CAP,
+    Profile,
+    _decompress,
+    signals_json,
+    stored_state,
+    stored_view,
+)
 from signals.view import ContactView
 from signals.windows import SLOT_US, to_us
 from tests.profile_fixtures import canonical
@@ -302,6 +309,31 @@ def test_documents_stored_in_format_2_still_read() -> None:
         read_only = stored_view(stored, "t", "c", tz)
         assert signals_json(read_only, today) == item["canonical"]["signals"]
         assert dict(read_only.attributes) == item["canonical"]["attributes"]
+
+
+def test_documents_stored_in_format_3_still_read() -> None:
+    """Profiles written by the one-line layout 3 read back with the same
+    meaning, through the fold's decode and the walks' read-only view, and
+    write back in the current layout without losing any of it."""
+    fixtures = orjson.loads((DATA / "profiles_format3.json").read_bytes())
+    assert fixtures
+    for item in fixtures:
+        stored = base64.b64decode(item["stored"])
+        assert b"\n" not in _decompress(stored)  # really the one-line layout
+        tz = ZoneInfo(item["timezone"])
+        today = date.fromisoformat(item["today"])
+        profile = Profile.decode(stored, item["version"])
+        assert canonical(profile, tz, today) == item["canonical"]
+        again = profile.encode()
+        assert b"\n" in _decompress(again)
+        assert Profile.decode(again, item["version"]) == profile
+        for form in (stored, again):
+            read_only = stored_state(form, "t", "c", tz)
+            assert signals_json(read_only.view, today) == item["canonical"]["signals"]
+            assert dict(read_only.view.attributes) == item["canonical"]["attributes"]
+            assert read_only.membership == profile.membership
+            assert read_only.next_wake_us == profile.next_wake_us
+            assert read_only.next_wake_segment == profile.next_wake_segment
 
 
 @settings(max_examples=200, deadline=None)
