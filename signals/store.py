@@ -276,24 +276,25 @@ class Store:
 
     async def views(
         self, refs: Sequence[ContactRef], tz: ZoneInfo
-    ) -> dict[ContactRef, ContactView]:
-        """Read-only views of ``refs`` (one tenant's, in its zone ``tz``).
+    ) -> list[ContactView]:
+        """Read-only views of ``refs`` (one tenant's, in its zone ``tz``), in
+        the order of ``refs``.
 
         For walks that evaluate and never write (preview, snapshot): one MGET
         of the profiles alone, each read without building its ``Profile``.
         """
         if not refs:
-            return {}
+            return []
         pipe = self.redis.pipeline(transaction=False)
         pipe.mget([self.keys.contact(r) for r in refs])
         values: list[bytes | None] = (await self._execute(pipe))[0]
-        views: dict[ContactRef, ContactView] = {}
+        views: list[ContactView] = []
         for ref, raw in zip(refs, values, strict=True):
             if raw is None:
-                views[ref] = Profile().view(ref.tenant_id, ref.contact_id, tz)
+                views.append(Profile().view(ref.tenant_id, ref.contact_id, tz))
             else:
                 body = raw[raw.index(b"|") + 1 :]
-                views[ref] = stored_view(body, ref.tenant_id, ref.contact_id, tz)
+                views.append(stored_view(body, ref.tenant_id, ref.contact_id, tz))
         return views
 
     async def documents(

@@ -14,11 +14,13 @@ the same compiled rule the live path uses, so they cannot disagree.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from segments.evaluate import compile_rule
 from segments.membership import Change
@@ -26,6 +28,7 @@ from segments.registry import Registry, Segment, SegmentNotFoundError
 from segments.rules import Rule, SegmentSpec
 from signals.keys import ContactRef, text
 from signals.store import Store
+from signals.view import ContactView
 from signals.windows import local_date_us, rfc3339
 from streams.engine import Engine
 
@@ -35,6 +38,12 @@ logger = logging.getLogger(__name__)
 CHUNK = 2000
 #: Seconds between progress lines of a long walk.
 PROGRESS_EVERY = 5.0
+
+_R = TypeVar("_R")
+
+
+async def _nothing(refs: list[ContactRef]) -> None:
+    """The ``read`` of a walk whose step reads for itself."""
 
 
 @dataclass(slots=True)
@@ -74,10 +83,16 @@ class SegmentOperations:
         self,
         tenant_id: str,
         what: str,
-        step: Callable[[list[ContactRef]], Any],
+        read: Callable[[list[ContactRef]], Awaitable[_R]],
+        step: Callable[[list[ContactRef], _R], Awaitable[None]],
         segment_id: str | None,
     ) -> WalkReport:
         """Run ``step`` over every contact of the tenant, in chunks.
+
+        Each chunk's ``read`` starts as soon as its ids are known, so Redis
+        serves it while the previous chunk's ``step`` runs; ``step`` gets the
+        chunk and what its ``read`` returned. A step that must read under a
+        lock (a backfill) reads in ``step`` and passes ``_nothing`` here.
 
         For a segment's backfill, snapshot or deletion the progress is kept in
         Redis after each chunk, where ``GET .../segments`` shows it to anyone
@@ -87,19 +102,36 @@ class SegmentOperations:
         report = WalkReport()
         started = last_log = time.perf_counter()
         total = await self.store.contact_count(tenant_id)
+        ahead: tuple[list[ContactRef], asyncio.Future[_R]] | None = None
+
+        async def run(refs: list[ContactRef], reading: asyncio.Future[_R]) -> None:
+            nonlocal last_log
+            await step(refs, await reading)
+            report.contacts += len(refs)
+            if segment_id is not None:
+                await self.store.set_progress(
+                    tenant_id, segment_id, report.contacts, total
+                )
+            if time.perf_counter() - last_log > PROGRESS_EVERY:
+                last_log = time.perf_counter()
+                logger.info("%s: %d of %d contacts", what, report.contacts, total)
+
         try:
             async for ids in self.store.contact_ids(tenant_id, CHUNK):
                 refs = [ContactRef(tenant_id, c) for c in ids]
-                await step(refs)
-                report.contacts += len(refs)
-                if segment_id is not None:
-                    await self.store.set_progress(
-                        tenant_id, segment_id, report.contacts, total
-                    )
-                if time.perf_counter() - last_log > PROGRESS_EVERY:
-                    last_log = time.perf_counter()
-                    logger.info("%s: %d of %d contacts", what, report.contacts, total)
+                reading = asyncio.ensure_future(read(refs))
+                if ahead is not None:
+                    await run(*ahead)
+                ahead = (refs, reading)
+            if ahead is not None:
+                last, ahead = ahead, None
+                await run(*last)
         finally:
+            if ahead is not None:
+                # A step failed: the read started for the next chunk is moot.
+                ahead[1].cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead[1]
             if segment_id is not None:
                 await self.store.clear_progress(tenant_id, segment_id)
         report.seconds = time.perf_counter() - started
@@ -110,12 +142,12 @@ class SegmentOperations:
     async def backfill(self, segment: Segment) -> WalkReport:
         report = WalkReport()
 
-        async def step(refs: list[ContactRef]) -> None:
+        async def step(refs: list[ContactRef], _: None) -> None:
             outcome = await self.engine.backfill(refs, segment)
             _count(report, outcome.changes)
 
         walked = await self._walk(
-            segment.tenant_id, f"Backfill of {segment.id}", step, segment.id
+            segment.tenant_id, f"Backfill of {segment.id}", _nothing, step, segment.id
         )
         report.contacts, report.seconds = walked.contacts, walked.seconds
         logger.info(
@@ -140,9 +172,14 @@ class SegmentOperations:
         members_key = self.store.keys.members(segment.tenant_id, segment.id)
         report = WalkReport()
 
-        async def step(refs: list[ContactRef]) -> None:
-            views = await self.store.views(refs, tz)
-            members = [r for r in refs if segment.compiled.matches(views[r], today, tz)]
+        async def read(refs: list[ContactRef]) -> list[ContactView]:
+            return await self.store.views(refs, tz)
+
+        async def step(refs: list[ContactRef], views: list[ContactView]) -> None:
+            matches = segment.compiled.matches
+            members = [
+                r for r, v in zip(refs, views, strict=True) if matches(v, today, tz)
+            ]
             if not members:
                 return
             await self.store.redis.sadd(members_key, *[r.contact_id for r in members])
@@ -164,7 +201,7 @@ class SegmentOperations:
             report.entered += len(members)
 
         walked = await self._walk(
-            segment.tenant_id, f"Snapshot of {segment.id}", step, segment.id
+            segment.tenant_id, f"Snapshot of {segment.id}", read, step, segment.id
         )
         report.contacts, report.seconds = walked.contacts, walked.seconds
         stamped = Segment(
@@ -245,14 +282,14 @@ class SegmentOperations:
 
         report = WalkReport()
 
-        async def step(refs: list[ContactRef]) -> None:
+        async def step(refs: list[ContactRef], _: None) -> None:
             outcome = await self.engine.update(
                 {r: [] for r in refs}, reason="definition", drop=segment
             )
             _count(report, outcome.changes)
 
         walked = await self._walk(
-            tenant_id, f"Deletion of {segment_id}", step, segment_id
+            tenant_id, f"Deletion of {segment_id}", _nothing, step, segment_id
         )
         report.contacts, report.seconds = walked.contacts, walked.seconds
         await self.store.redis.delete(members_key)
@@ -269,15 +306,18 @@ class SegmentOperations:
         today = local_date_us(now, tz)
         report = WalkReport()
 
-        async def step(refs: list[ContactRef]) -> None:
-            views = await self.store.views(refs, tz)
-            for r in refs:
-                if compiled.matches(views[r], today, tz):
+        async def read(refs: list[ContactRef]) -> list[ContactView]:
+            return await self.store.views(refs, tz)
+
+        async def step(refs: list[ContactRef], views: list[ContactView]) -> None:
+            matches = compiled.matches
+            for r, view in zip(refs, views, strict=True):
+                if matches(view, today, tz):
                     report.entered += 1
                     if len(report.sample) < limit:
                         report.sample.append(r.contact_id)
 
-        walked = await self._walk(tenant_id, "Preview", step, None)
+        walked = await self._walk(tenant_id, "Preview", read, step, None)
         report.contacts, report.seconds = walked.contacts, walked.seconds
         return report
 
