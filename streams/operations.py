@@ -119,10 +119,9 @@ class SegmentOperations:
         try:
             async for ids in self.store.contact_ids(tenant_id, CHUNK):
                 refs = [ContactRef(tenant_id, c) for c in ids]
-                reading = asyncio.ensure_future(read(refs))
-                if ahead is not None:
-                    await run(*ahead)
-                ahead = (refs, reading)
+                previous, ahead = ahead, (refs, asyncio.ensure_future(read(refs)))
+                if previous is not None:
+                    await run(*previous)
             if ahead is not None:
                 last, ahead = ahead, None
                 await run(*last)
