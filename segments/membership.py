@@ -134,15 +134,19 @@ def next_wake(
     today: date,
     tz: ZoneInfo,
     answers: Mapping[str, bool] | None = None,
+    until: date | None = None,
 ) -> tuple[int | None, str | None]:
     """The first instant (µs) at which any of ``segments`` can change by time,
     and the segment that changes then. ``answers`` may hold segments' answers
-    on ``today``, already known."""
+    on ``today``, already known. With ``until``, only changes on local dates
+    up to it count: ``(None, None)`` when there is none."""
     soonest: date | None = None
     which: str | None = None
     known = answers or {}
     for segment in segments:
-        day = segment.compiled.next_change(view, today, tz, known.get(segment.id))
+        day = segment.compiled.next_change(
+            view, today, tz, known.get(segment.id), until
+        )
         if day is not None and (soonest is None or day < soonest):
             soonest, which = day, segment.id
     if soonest is None:

@@ -85,8 +85,11 @@ def _local_today(now_us: int, tz: ZoneInfo) -> date:
     return local_date_us(now_us, tz)
 
 
+@lru_cache(maxsize=4096)
 def _last_day_before(instant_us: int, tz: ZoneInfo) -> date:
-    """The last local date in ``tz`` that starts before ``instant_us``."""
+    """The last local date in ``tz`` that starts before ``instant_us``.
+
+    Cached: wake-ups are local midnights, shared by many contacts."""
     day = local_date_us(instant_us, tz)
     if to_us(start_of_local_day(day, tz)) < instant_us:
         return day
@@ -748,8 +751,11 @@ class Engine:
         ids = {s.id for s in affected} if affected is not None else None
         if ids is None or profile.next_wake_segment in ids:
             return next_wake(view, active, today, tz, answers)
-        wake, which = next_wake(view, affected or (), today, tz, answers)
+        # Only a change on a day that starts before the stored wake-up moves
+        # it: the affected segments are looked at that far and no further.
         stored = profile.next_wake_us
+        until = None if stored is None else _last_day_before(stored, tz)
+        wake, which = next_wake(view, affected or (), today, tz, answers, until)
         if stored is not None and (wake is None or stored <= wake):
             return stored, profile.next_wake_segment
         return wake, which
