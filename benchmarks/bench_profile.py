@@ -35,13 +35,16 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Kafka fetch (aiokafka getmany)", ("AIOKafkaConsumer.getmany",)),
     ("event validation (pydantic)", ("Ingest._validate",)),
     ("fold of events into profiles", ("Profile.apply",)),
-    ("profile decode", ("Profile.decode", "stored_view")),
+    ("profile decode", ("Profile.decode", "stored_view", "stored_state")),
     ("contact view for rules", ("_view",)),
     ("rule evaluation", ("CompiledRule.matches",)),
     ("next wake-up", ("CompiledRule.next_change",)),
     ("membership records", ("Change.payload", "record")),
     ("profile encode (JSON + zstd)", ("Profile.encode",)),
-    ("Redis reads (client side)", ("Store.load", "Store.views", "Store.contact_ids")),
+    (
+        "Redis reads (client side)",
+        ("Store.load", "Store.views", "Store.documents", "Store.contact_ids"),
+    ),
     ("Redis writes (client side)", ("Store.write", "Store.finish")),
     ("publishing to Kafka", ("Publisher.publish_membership",)),
     ("garbage collection between batches", ("Collector.after_batch",)),
@@ -49,6 +52,7 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "engine's own per-contact work",
         (
             "Engine.update_exclusive",
+            "Engine.backfill",
             "Engine._apply",
             "Engine._next_wake",
             "Engine._deliver",
@@ -164,8 +168,15 @@ def _label(frame: str) -> str:
 #: event loop, not under the root, and count for the root's phase. The
 #: engine sends its compare-and-set writes as tasks while it computes, and
 #: delivers a batch of events (publish, finish) while the next is applied;
-#: the ingest marks a batch's offsets in a task once it is delivered.
-SPAWNED = ("Store.write", "Engine._deliver", "Ingest._mark_when_delivered")
+#: the ingest marks a batch's offsets in a task once it is delivered; a
+#: preview or snapshot reads each chunk's views in a task while the previous
+#: chunk is evaluated.
+SPAWNED = (
+    "Store.write",
+    "Engine._deliver",
+    "Ingest._mark_when_delivered",
+    "Store.views",
+)
 
 
 def summarize(folded: str, root: str, top: int = 25) -> dict[str, Any]:

@@ -336,6 +336,19 @@ def test_documents_stored_in_format_3_still_read() -> None:
             assert read_only.next_wake_segment == profile.next_wake_segment
 
 
+def test_the_current_layout_stores_no_more_bytes_than_layout_3() -> None:
+    """Layout 4's second line is paid for by its dictionary: the same
+    profiles take no more room than in layout 3 (the memory per contact is a
+    target, and a size class of Redis's allocator is a few bytes away)."""
+    fixtures = orjson.loads((DATA / "profiles_format3.json").read_bytes())
+    before = after = 0
+    for item in fixtures:
+        stored = base64.b64decode(item["stored"])
+        before += len(stored)
+        after += len(Profile.decode(stored, item["version"]).encode())
+    assert after <= before
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     offsets=st.lists(st.integers(0, 95 * 96), min_size=0, max_size=40),
