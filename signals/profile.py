@@ -156,9 +156,10 @@ _ZDICT_V1: Final = (
 )
 _ZMARK_V1: Final = b"z"
 
-#: The preset dictionary of layout 3 (one line), kept to read documents
-#: written with it.
-_ZDICT_V2: Final = (
+# What the dictionaries of layouts 3 and 4 share: attributes, "latest"
+# values and counters (first), and the date signals (last, after the layout's
+# version).
+_ZDICT_FIELDS: Final = (
     b'"a":{"email":[1780000000000000,"","@gmail.com"],"name":[178,"",""],'
     b'"city":[1780000000000000,"","Pune"],"signup":[178,"","2025-01-01"],'
     b'"plan":[1780000000000000,"","platinum"],"source":[178,"","import"],'
@@ -168,16 +169,24 @@ _ZDICT_V2: Final = (
     b'"ch":[1780000000000000,"","whatsapp"]},'
     b'"c":{"r":[1978000,623,0,379,811,645],"d":[1978000,624,379],'
     b'"l":[1978000,1083],"p":[1978000,1082]},'
-    b'"b":[1780000000000000,91323000000,932042000000],'
-    b'"m":{"seg_":1,"seg_":2,"seg_":3,"seg_":4,"seg_":5},'
-    b'"n":1780000000000000,"ns":"seg_",'
-    b'"s":{"-":1780000000,"-":1780000000,"-":1780000000}}'
-    b'{"f":3,"t":{"fc":1780000000000000,"mc":1780000000000000,'
+)
+_ZDICT_DATES: Final = (
+    b'"t":{"fc":1780000000000000,"mc":1780000000000000,'
     b'"mb":1780000000000000,"cu":1780000000000000,"ts":1780000000000000,'
     b'"cr":1780000000000000,"rd":1780000000000000,"lk":1780000000000000,'
     b'"rp":1780000000000000,"ic":1780000000000000,"ia":1780000000000000,'
     b'"oc":1780000000000000,"oa":1780000000000000,"ct":1780000000000000,'
     b'"fr":1780000000000000},'
+)
+
+#: The preset dictionary of layout 3 (one line), kept to read documents
+#: written with it.
+_ZDICT_V2: Final = (
+    _ZDICT_FIELDS + b'"b":[1780000000000000,91323000000,932042000000],'
+    b'"m":{"seg_":1,"seg_":2,"seg_":3,"seg_":4,"seg_":5},'
+    b'"n":1780000000000000,"ns":"seg_",'
+    b'"s":{"-":1780000000,"-":1780000000,"-":1780000000}}'
+    b'{"f":3,' + _ZDICT_DATES
 )
 _ZMARK_V2: Final = b"y"
 
@@ -189,25 +198,11 @@ _ZMARK_V2: Final = b"y"
 #: A new dictionary takes a new marker byte, and the old one stays for as
 #: long as documents written with it may exist.
 _ZDICT_V3: Final = (
-    b'"a":{"email":[1780000000000000,"","@gmail.com"],"name":[178,"",""],'
-    b'"city":[1780000000000000,"","Pune"],"signup":[178,"","2025-01-01"],'
-    b'"plan":[1780000000000000,"","platinum"],"source":[178,"","import"],'
-    b'"language":[1780000000000000,"","en"]},'
-    b'"l":{"so":[1780000000000000,"","api"],"cw":[178,"","https://fb.me/ad/"],'
-    b'"tp":[1780000000000000,"",["promo_","marketing"]],'
-    b'"ch":[1780000000000000,"","whatsapp"]},'
-    b'"c":{"r":[1978000,623,0,379,811,645],"d":[1978000,624,379],'
-    b'"l":[1978000,1083],"p":[1978000,1082]},'
-    b'"m":{"seg_":1,"seg_":2,"seg_":3,"seg_":4,"seg_":5},'
+    _ZDICT_FIELDS + b'"m":{"seg_":1,"seg_":2,"seg_":3,"seg_":4,"seg_":5},'
     b'"n":1780000000000000,"ns":"seg_"}\n'
     b'{"b":[1780000000000000,91323000000,932042000000],'
     b'"s":{"-":1780000000,"-":1780000000,"-":1780000000}}'
-    b'{"f":4,"t":{"fc":1780000000000000,"mc":1780000000000000,'
-    b'"mb":1780000000000000,"cu":1780000000000000,"ts":1780000000000000,'
-    b'"cr":1780000000000000,"rd":1780000000000000,"lk":1780000000000000,'
-    b'"rp":1780000000000000,"ic":1780000000000000,"ia":1780000000000000,'
-    b'"oc":1780000000000000,"oa":1780000000000000,"ct":1780000000000000,'
-    b'"fr":1780000000000000},'
+    b'{"f":4,' + _ZDICT_DATES
 )
 _ZMARK_V3: Final = b"x"
 
@@ -631,7 +626,12 @@ def stored_view(
     times, the stamps of "latest" values) and rebuilds a counter's slots only
     when a rule reads that counter.
     """
-    document = _document(stored, whole=False)
+    return _document_view(_document(stored, whole=False), tenant_id, contact_id, tz)
+
+
+def _document_view(
+    document: dict[str, Any], tenant_id: str, contact_id: str, tz: ZoneInfo
+) -> ContactView:
     if document.get("f", 1) < 3:
         return Profile(**_decode_v2(document)).view(tenant_id, contact_id, tz)
     return _view(
@@ -671,29 +671,11 @@ def stored_state(
             profile.next_wake_us,
             profile.next_wake_segment,
         )
-    view = _view(
-        tenant_id,
-        contact_id,
-        document.get("t", {}),
-        document.get("l", {}),
-        document.get("a", {}),
-        _StoredCounters(document.get("c", {})),
-        tz,
-    )
     return StoredState(
-        view, document.get("m", {}), document.get("n"), document.get("ns")
-    )
-
-
-def profile_state(
-    profile: Profile, tenant_id: str, contact_id: str, tz: ZoneInfo
-) -> StoredState:
-    """The ``StoredState`` of a profile held in memory (the worker's cache)."""
-    return StoredState(
-        profile.view(tenant_id, contact_id, tz),
-        profile.membership,
-        profile.next_wake_us,
-        profile.next_wake_segment,
+        _document_view(document, tenant_id, contact_id, tz),
+        document.get("m", {}),
+        document.get("n"),
+        document.get("ns"),
     )
 
 

@@ -246,8 +246,11 @@ class Store:
 
     # -- profiles ----------------------------------------------------------------
 
-    async def load(self, refs: Sequence[ContactRef]) -> Loaded:
-        """Profiles and outboxes of ``refs``, the epoch and the manual clock."""
+    async def _read(
+        self, refs: Sequence[ContactRef]
+    ) -> tuple[list[bytes | None], int, int | None]:
+        """One round trip: the stored profiles of ``refs``, then their outboxes
+        (one list, in the order of ``refs`` twice), the epoch and the clock."""
         keys = [self.keys.contact(r) for r in refs] + [
             self.keys.outbox(r) for r in refs
         ]
@@ -258,6 +261,13 @@ class Store:
         pipe.get(self.keys.clock)
         results = await self._execute(pipe)
         values: list[bytes | None] = results[0] if keys else []
+        epoch = int(results[-2] or 0)
+        clock = int(results[-1]) if results[-1] is not None else None
+        return values, epoch, clock
+
+    async def load(self, refs: Sequence[ContactRef]) -> Loaded:
+        """Profiles and outboxes of ``refs``, the epoch and the manual clock."""
+        values, epoch, clock = await self._read(refs)
         profiles: dict[ContactRef, Profile] = {}
         outboxes: dict[ContactRef, bytes] = {}
         for i, ref in enumerate(refs):
@@ -270,8 +280,6 @@ class Store:
             pending = values[len(refs) + i]
             if pending:
                 outboxes[ref] = pending
-        epoch = int(results[-2] or 0)
-        clock = int(results[-1]) if results[-1] is not None else None
         return Loaded(profiles, outboxes, epoch, clock)
 
     async def views(
@@ -307,16 +315,7 @@ class Store:
         its version; ``stored_state`` reads it), the contacts with an outbox
         still to publish, the epoch and the manual clock.
         """
-        keys = [self.keys.contact(r) for r in refs] + [
-            self.keys.outbox(r) for r in refs
-        ]
-        pipe = self.redis.pipeline(transaction=False)
-        if keys:
-            pipe.mget(keys)
-        pipe.get(self.keys.epoch)
-        pipe.get(self.keys.clock)
-        results = await self._execute(pipe)
-        values: list[bytes | None] = results[0] if keys else []
+        values, epoch, clock = await self._read(refs)
         documents: dict[ContactRef, bytes] = {}
         pending: set[ContactRef] = set()
         for i, ref in enumerate(refs):
@@ -325,8 +324,6 @@ class Store:
                 documents[ref] = raw[raw.index(b"|") + 1 :]
             if values[len(refs) + i]:
                 pending.add(ref)
-        epoch = int(results[-2] or 0)
-        clock = int(results[-1]) if results[-1] is not None else None
         return documents, pending, epoch, clock
 
     async def write(
