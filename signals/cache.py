@@ -62,6 +62,10 @@ class ProfileCache:
                 self.hits += 1
         return found
 
+    def get(self, ref: ContactRef) -> Cached | None:
+        """The entry of ``ref``, left in place (a read-only look at it)."""
+        return self._items.get(ref)
+
     def put(self, ref: ContactRef, profile: Profile, outbox: bytes) -> None:
         if self.capacity <= 0:
             return

@@ -612,6 +612,15 @@ class Profile:
             tz,
         )
 
+    def state(self, tenant_id: str, contact_id: str, tz: ZoneInfo) -> StoredState:
+        """What ``stored_state`` reads of this profile once stored."""
+        return StoredState(
+            self.view(tenant_id, contact_id, tz),
+            self.membership,
+            self.next_wake_us,
+            self.next_wake_segment,
+        )
+
     def current_attributes(self) -> dict[str, AttributeValue]:
         return _current(self.attributes)
 
@@ -664,13 +673,7 @@ def stored_state(
     """``stored_view``, with the recorded memberships and wake-up beside it."""
     document = _document(stored, whole=False)
     if document.get("f", 1) < 3:
-        profile = Profile(**_decode_v2(document))
-        return StoredState(
-            profile.view(tenant_id, contact_id, tz),
-            profile.membership,
-            profile.next_wake_us,
-            profile.next_wake_segment,
-        )
+        return Profile(**_decode_v2(document)).state(tenant_id, contact_id, tz)
     return StoredState(
         _document_view(document, tenant_id, contact_id, tz),
         document.get("m", {}),

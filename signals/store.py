@@ -307,21 +307,22 @@ class Store:
 
     async def documents(
         self, refs: Sequence[ContactRef]
-    ) -> tuple[dict[ContactRef, bytes], set[ContactRef], int, int | None]:
+    ) -> tuple[dict[ContactRef, tuple[int, bytes]], set[ContactRef], int, int | None]:
         """The stored documents of ``refs``, undecoded, for a read-only look.
 
         One round trip, as ``load``: the profiles, the outboxes, the epoch and
-        the manual clock. Returns each existing profile's document (without
-        its version; ``stored_state`` reads it), the contacts with an outbox
-        still to publish, the epoch and the manual clock.
+        the manual clock. Returns each existing profile's version and document
+        (``stored_state`` reads it), the contacts with an outbox still to
+        publish, the epoch and the manual clock.
         """
         values, epoch, clock = await self._read(refs)
-        documents: dict[ContactRef, bytes] = {}
+        documents: dict[ContactRef, tuple[int, bytes]] = {}
         pending: set[ContactRef] = set()
         for i, ref in enumerate(refs):
             raw = values[i]
             if raw is not None:
-                documents[ref] = raw[raw.index(b"|") + 1 :]
+                head, _, body = raw.partition(b"|")
+                documents[ref] = (int(head), body)
             if values[len(refs) + i]:
                 pending.add(ref)
         return documents, pending, epoch, clock

@@ -393,12 +393,14 @@ class Engine:
         write nothing for them; it would still build each one's ``Profile``
         and book-keep it, four times the cost of reading its stored document.
         So every contact is first read as ``stored_state`` (one round trip
-        for all), and only those whose answer differs from the recorded one,
-        whose wake-up the segment would move, or whose outbox is still to be
-        published go through the update path, which reads them again and
-        decides as it always does. The look applies the update path's own
-        rules (``record`` and ``_next_wake`` with ``only``): a contact it
-        passes over is one the update path would have left as it is.
+        for all; a contact whose cached profile has the stored version is
+        read from the cache, without decoding), and only those whose answer
+        differs from the recorded one, whose wake-up the segment would move,
+        or whose outbox is still to be published go through the update path,
+        which reads them again and decides as it always does. The look
+        applies the update path's own rules (``record`` and ``_next_wake``
+        with ``only``): a contact it passes over is one the update path would
+        have left as it is.
         """
         async with self.exclusive():
             documents, pending, epoch, clock = await self.store.documents(refs)
@@ -411,13 +413,19 @@ class Engine:
             go: list[ContactRef] = []
             skipped = 0
             for ref in refs:
-                document = documents.get(ref)
-                if document is None:
+                found = documents.get(ref)
+                if found is None:
                     continue  # no such contact: nothing to evaluate
                 if ref in pending:
                     go.append(ref)
                     continue
-                state = stored_state(document, ref.tenant_id, ref.contact_id, tz)
+                version, document = found
+                cached = self.profiles.get(ref)
+                if cached is not None and cached.profile.version == version:
+                    # What this worker wrote last, still what Redis holds.
+                    state = cached.profile.state(ref.tenant_id, ref.contact_id, tz)
+                else:
+                    state = stored_state(document, ref.tenant_id, ref.contact_id, tz)
                 member = rule.matches(state.view, today, tz)
                 recorded = state.membership.get(segment.id, 0) % 2 == 1
                 if member != recorded or state.next_wake_segment == segment.id:
@@ -454,14 +462,21 @@ class Engine:
         keep: set[ContactRef] = set()
         for attempt in range(MAX_ATTEMPTS):
             # 1. One read for the whole set, plus the epoch and the clock;
-            #    profiles this worker wrote last come from its cache (a lost
-            #    race reads them again).
-            cached = self.profiles.take(pending) if attempt == 0 else {}
+            #    for events, profiles this worker wrote last come from its
+            #    cache (a lost race reads them again).
+            taken = self.profiles.take(pending) if attempt == 0 else {}
             if attempt == 0:
                 # Events keep what they wrote in the cache; a backfill or a
                 # clock sweep walks contacts the ingest may not see again
                 # soon, so it only puts back what it took out.
-                keep = set(work) if reason == "event" else set(cached)
+                keep = set(work) if reason == "event" else set(taken)
+            # Only events trust the cache: new events always change the
+            # profile, so their compare-and-set catches an entry that another
+            # writer (the leader's sweep, a backfill elsewhere) made stale. A
+            # sweep or a backfill may find nothing to write, and would then
+            # act on a stale entry unnoticed (keep an old wake-up, miss a
+            # change): those read Redis.
+            cached = taken if reason == "event" else {}
             missing = [ref for ref in pending if ref not in cached]
             t0 = time.perf_counter()
             with self.metrics.redis_seconds.labels("load").time():

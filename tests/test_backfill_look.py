@@ -21,10 +21,13 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+import streams.engine
 from schemas.events import Event, parse_event
 from segments.registry import Registry, RegistryCache, Segment
 from segments.rules import parse_spec
+from signals.cache import ProfileCache
 from signals.keys import ContactRef, Keys
+from signals.profile import StoredState
 from signals.store import Store
 from signals.windows import US, to_us
 from streams.engine import Clock, Engine
@@ -143,21 +146,49 @@ class _Counting(Store):
 
 
 async def _engine(
-    redis: Redis, prefix: str, clock: Clock
+    redis: Redis, prefix: str, clock: Clock, cache: int = 0
 ) -> tuple[Engine, Sink, _Counting]:
     store = _Counting(redis, Keys(prefix))
     await store.load_scripts()
     sink = Sink()
     registry = Registry(redis, Keys(prefix), default_limit=10)
     engine = Engine(
-        store, RegistryCache(registry), sink, clock, dedup_horizon_us=24 * 3600 * US
+        store,
+        RegistryCache(registry),
+        sink,
+        clock,
+        dedup_horizon_us=24 * 3600 * US,
+        profiles=ProfileCache(cache),
     )
     return engine, sink, store
 
 
+async def _warm(engine: Engine, store: Store, refs: list[ContactRef], seg: str) -> None:
+    """Cache every profile as stored, every fifth one stale: a version behind,
+    and recording the backfilled segment as joined (were the look to believe
+    it, contacts that enter would be passed over)."""
+    loaded = await store.load(refs)
+    for n, ref in enumerate(refs):
+        profile = loaded.profiles[ref]
+        if n % 5 == 0:
+            profile.version -= 1
+            profile.membership[seg] = 1
+        engine.profiles.put(ref, profile, loaded.outboxes.get(ref, b""))
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["redis", "cache"])
 async def test_the_look_before_a_backfill_changes_nothing_it_skips(
-    redis: Redis,
+    redis: Redis, monkeypatch: pytest.MonkeyPatch, cached: bool
 ) -> None:
+    decoded = 0
+    real_stored_state = streams.engine.stored_state
+
+    def counting(*args: Any) -> StoredState:
+        nonlocal decoded
+        decoded += 1
+        return real_stored_state(*args)
+
+    monkeypatch.setattr(streams.engine, "stored_state", counting)
     base = f"t{uuid.uuid4().hex[:8]}"
     fast_prefix, full_prefix = f"{base}f", f"{base}u"
     rng = random.Random(20261204)
@@ -187,7 +218,12 @@ async def test_the_look_before_a_backfill_changes_nothing_it_skips(
                     await redis.unlink(key)
                 await _copy_namespace(redis, base, prefix)
 
-            fast, fast_sink, fast_store = await _engine(redis, fast_prefix, clock)
+            fast, fast_sink, fast_store = await _engine(
+                redis, fast_prefix, clock, cache=len(refs) if cached else 0
+            )
+            if cached:
+                await _warm(fast, fast_store, refs, segment.id)
+            fast_store.loaded = decoded = 0
             fast_outcome = await fast.backfill(refs, segment)
             full, full_sink, _ = await _engine(redis, full_prefix, clock)
             full_outcome = await full.update(
@@ -204,7 +240,13 @@ async def test_the_look_before_a_backfill_changes_nothing_it_skips(
             )
             # The test means something only if both kinds of contact occur.
             assert full_sink.records, "no contact changed: the rule tests nothing"
-            assert 0 < fast_store.loaded < len(refs) / 2
+            assert fast_store.loaded < len(refs) / 2
+            if cached:
+                # The fresh entries were read from the cache, the stale decoded.
+                assert len(refs) / 10 < decoded < len(refs) / 2
+            else:
+                assert fast_store.loaded > 0
+                assert decoded > len(refs) / 2
 
             # Carry the namespace on with the backfill applied, for the next round.
             await engine.update(
