@@ -209,3 +209,34 @@ async def test_a_batch_larger_than_a_write_chunk_is_written_whole(
             engine.store.keys.wakeups(engine.store.keys.wake_shard(ref)), ref.member
         )
         assert score == expected
+
+
+async def test_a_sweep_reads_past_a_cache_another_worker_made_stale(
+    engines: tuple[Engine, Engine, Sink, Keys],
+) -> None:
+    """A clock sweep may find nothing to write, so no compare-and-set would
+    catch a stale cached profile: it reads Redis. Here another worker's
+    backfill records a membership the cached copy lacks; the sweep on the
+    caching worker must still publish the exit the clock then causes."""
+    cached, other, sink, _ = engines
+    await cached.update({CONTACT: [click(1, minutes_ago=6 * 24 * 60)]}, reason="event")
+    assert len(cached.profiles) == 1  # the copy from before the backfill
+    spec = {
+        "name": "clicked this week",
+        "kind": "active",
+        "rule": {
+            "any": [
+                {"all": [{"field": "signal.links_clicked_7d", "op": "gte", "value": 1}]}
+            ]
+        },
+    }
+    week = await other.cache.registry.create(TENANT, parse_spec(spec))
+    await other.backfill([CONTACT], week)
+    assert [(r["segment_id"], r["change"]) for r in sink.records] == [
+        (week.id, "entered")
+    ]
+
+    # Two days on, the click has left the 7-day window.
+    cached.clock.manual_us = to_us(NOW + timedelta(days=2))
+    swept = await cached.update({CONTACT: []}, reason="clock")
+    assert [(c.segment_id, c.change) for c in swept.changes] == [(week.id, "exited")]
