@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -171,9 +172,6 @@ class SegmentOperations:
         members_key = self.store.keys.members(segment.tenant_id, segment.id)
         report = WalkReport()
 
-        async def read(refs: list[ContactRef]) -> list[ContactView]:
-            return await self.store.views(refs, tz)
-
         async def step(refs: list[ContactRef], views: list[ContactView]) -> None:
             matches = segment.compiled.matches
             members = [
@@ -200,7 +198,11 @@ class SegmentOperations:
             report.entered += len(members)
 
         walked = await self._walk(
-            segment.tenant_id, f"Snapshot of {segment.id}", read, step, segment.id
+            segment.tenant_id,
+            f"Snapshot of {segment.id}",
+            functools.partial(self.store.views, tz=tz),
+            step,
+            segment.id,
         )
         report.contacts, report.seconds = walked.contacts, walked.seconds
         stamped = Segment(
@@ -305,9 +307,6 @@ class SegmentOperations:
         today = local_date_us(now, tz)
         report = WalkReport()
 
-        async def read(refs: list[ContactRef]) -> list[ContactView]:
-            return await self.store.views(refs, tz)
-
         async def step(refs: list[ContactRef], views: list[ContactView]) -> None:
             matches = compiled.matches
             for r, view in zip(refs, views, strict=True):
@@ -316,6 +315,7 @@ class SegmentOperations:
                     if len(report.sample) < limit:
                         report.sample.append(r.contact_id)
 
+        read = functools.partial(self.store.views, tz=tz)
         walked = await self._walk(tenant_id, "Preview", read, step, None)
         report.contacts, report.seconds = walked.contacts, walked.seconds
         return report

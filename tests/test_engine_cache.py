@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from schemas.events import Event, parse_event
 from segments.membership import Reason
 from segments.registry import Registry, RegistryCache
-from segments.rules import parse_spec
+from segments.rules import SegmentSpec, parse_spec
 from signals.cache import ProfileCache
 from signals.keys import ContactRef, Keys
 from signals.store import Store
@@ -51,6 +51,14 @@ def click(n: int, minutes_ago: int = 5) -> Event:
     )
 
 
+def clicks_this_week(name: str, at_least: int) -> SegmentSpec:
+    """An active segment of contacts with ``at_least`` clicks in 7 days."""
+    condition = {"field": "signal.links_clicked_7d", "op": "gte", "value": at_least}
+    return parse_spec(
+        {"name": name, "kind": "active", "rule": {"any": [{"all": [condition]}]}}
+    )
+
+
 @pytest.fixture
 async def engines(redis: Redis) -> AsyncIterator[tuple[Engine, Engine, Sink, Keys]]:
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
@@ -58,16 +66,7 @@ async def engines(redis: Redis) -> AsyncIterator[tuple[Engine, Engine, Sink, Key
     await store.load_scripts()
     registry = Registry(redis, keys, default_limit=10)
     await registry.put_tenant(TENANT, timezone="UTC")
-    spec = {
-        "name": "clicked three times",
-        "kind": "active",
-        "rule": {
-            "any": [
-                {"all": [{"field": "signal.links_clicked_7d", "op": "gte", "value": 3}]}
-            ]
-        },
-    }
-    await registry.create(TENANT, parse_spec(spec))
+    await registry.create(TENANT, clicks_this_week("clicked three times", 3))
     sink = Sink()
 
     def engine(capacity: int) -> Engine:
@@ -221,16 +220,9 @@ async def test_a_sweep_reads_past_a_cache_another_worker_made_stale(
     cached, other, sink, _ = engines
     await cached.update({CONTACT: [click(1, minutes_ago=6 * 24 * 60)]}, reason="event")
     assert len(cached.profiles) == 1  # the copy from before the backfill
-    spec = {
-        "name": "clicked this week",
-        "kind": "active",
-        "rule": {
-            "any": [
-                {"all": [{"field": "signal.links_clicked_7d", "op": "gte", "value": 1}]}
-            ]
-        },
-    }
-    week = await other.cache.registry.create(TENANT, parse_spec(spec))
+    week = await other.cache.registry.create(
+        TENANT, clicks_this_week("clicked this week", 1)
+    )
     await other.backfill([CONTACT], week)
     assert [(r["segment_id"], r["change"]) for r in sink.records] == [
         (week.id, "entered")
