@@ -598,18 +598,16 @@ class Profile:
     def view(self, tenant_id: str, contact_id: str, tz: ZoneInfo) -> ContactView:
         """The view rules and the API read, in the tenant's time zone.
 
-        Dates and counter days are converted when a rule first reads them: a
-        contact is re-evaluated on every change, and most rules read a few of
-        its 32 signals.
+        See ``ProfileView``: what a rule reads is converted when read.
         """
-        return _view(
+        return ProfileView(
             tenant_id,
             contact_id,
             self.dates,
             self.latest,
             self.attributes,
-            self.counters,
             tz,
+            slots=self.counters,
         )
 
     def state(self, tenant_id: str, contact_id: str, tz: ZoneInfo) -> StoredState:
@@ -632,8 +630,7 @@ def stored_view(
 
     Preview and snapshot evaluate one rule over every contact of a tenant; this
     skips what they never read (the deduplication set, the business-message
-    times, the stamps of "latest" values) and rebuilds a counter's slots only
-    when a rule reads that counter.
+    times) and rebuilds a counter's slots only when a rule reads that counter.
     """
     return _document_view(_document(stored, whole=False), tenant_id, contact_id, tz)
 
@@ -643,14 +640,14 @@ def _document_view(
 ) -> ContactView:
     if document.get("f", 1) < 3:
         return Profile(**_decode_v2(document)).view(tenant_id, contact_id, tz)
-    return _view(
+    return ProfileView(
         tenant_id,
         contact_id,
         document.get("t", {}),
         document.get("l", {}),
         document.get("a", {}),
-        _StoredCounters(document.get("c", {})),
         tz,
+        steps=document.get("c", {}),
     )
 
 
@@ -686,43 +683,12 @@ def _current(attributes: Mapping[str, Sequence[Any]]) -> dict[str, AttributeValu
     return {k: v[2] for k, v in attributes.items() if v[2] is not None}
 
 
-def _view(
-    tenant_id: str,
-    contact_id: str,
-    dates: dict[str, int],
-    latest: Mapping[str, Sequence[Any]],
-    attributes: Mapping[str, Sequence[Any]],
-    counters: Mapping[str, Sequence[int]],
-    tz: ZoneInfo,
-) -> ContactView:
-    """A contact's view from its fields, held (tuples) or stored (lists)."""
-    strings: dict[str, str] = {}
-    for code, name in ((_SOURCE, "contact_source"), (_CHANNEL, "channel_type")):
-        if code in latest:
-            strings[name] = latest[code][2]
-    if _TEMPLATE in latest:
-        template_name, template_type = latest[_TEMPLATE][2]
-        strings["last_template_used"] = template_name
-        strings["last_template_type"] = template_type
-    if _CTWA_URL in latest:
-        strings["last_ctwa_ad_source_url"] = latest[_CTWA_URL][2]
-    return ContactView(
-        tenant_id=tenant_id,
-        contact_id=contact_id,
-        dates=_Dates(dates),
-        strings=strings,
-        counter_days=_CounterDays(counters, tz),
-        attributes=_current(attributes),
-        fast=_FastReads(dates, counters, tz),
-    )
-
-
 class _StoredCounters(Mapping[str, Sequence[int]]):
     """Counter slots by code from their stored steps, each rebuilt on first read."""
 
     __slots__ = ("_cache", "_steps")
 
-    def __init__(self, steps: dict[str, list[int]]) -> None:
+    def __init__(self, steps: Mapping[str, list[int]]) -> None:
         self._steps = steps
         self._cache: dict[str, tuple[int, ...]] = {}
 
@@ -818,32 +784,108 @@ def _window_slots(signal: str, today: date, tz: ZoneInfo) -> tuple[str, int]:
     return _COUNTER_CODES[counter], _first_slot(window_start(today, days), tz)
 
 
-class _FastReads:
-    """The profile's answers to ``ContactView``'s reads, on its integers.
+class ProfileView(ContactView):
+    """A contact's view over its profile's own fields, held or stored.
 
-    All instants of a 15-minute slot share their local date (cached by slot),
-    local dates never decrease with slots, and local midnight is always a
-    slot boundary: so a counter's value on a day is the number of slots from
-    the first one of its window, found by bisection.
+    One object per contact, built in a few assignments: a walk builds one for
+    every contact and most rules read a few of its 32 signals, so everything
+    else is converted when first read. The reads rules make most work on the
+    profile's integers:
+
+    * a date signal's local date is its 15-minute slot's (cached by slot);
+    * a counter's value on a day is the number of its slots from the first
+      one of its window, found by bisection: all instants of a slot share
+      their local date, local dates never decrease with slots, and local
+      midnight is always a slot boundary. A stored profile keeps slots as
+      steps (see ``Profile.encode``); they are summed up for the counters a
+      rule reads, once.
+
+    The fields are the profile's own (tuples when held, lists when stored),
+    not copies: a view is read before its profile changes again.
     """
 
-    __slots__ = ("_counters", "_dates", "_tz")
+    __slots__ = (
+        "_attributes",
+        "_by_code",
+        "_dates",
+        "_latest",
+        "_slots",
+        "_stamped_attributes",
+        "_steps",
+        "_strings",
+        "_tz",
+        "contact_id",
+        "tenant_id",
+    )
 
     def __init__(
-        self, dates: dict[str, int], counters: Mapping[str, Sequence[int]], tz: ZoneInfo
+        self,
+        tenant_id: str,
+        contact_id: str,
+        dates: dict[str, int],
+        latest: Mapping[str, Sequence[Any]],
+        attributes: Mapping[str, Sequence[Any]],
+        tz: ZoneInfo,
+        *,
+        slots: dict[str, tuple[int, ...]] | None = None,
+        steps: Mapping[str, list[int]] | None = None,
     ) -> None:
-        self._dates = dates
-        self._counters = counters
+        """``slots``: a held profile's counters; ``steps``: a stored one's."""
+        self.tenant_id = tenant_id
+        self.contact_id = contact_id
+        self._by_code = dates
+        self._latest = latest
+        self._stamped_attributes = attributes
         self._tz = tz
+        self._slots = slots
+        self._steps = steps
+        self._dates: _Dates | None = None
+        self._strings: dict[str, str] | None = None
+        self._attributes: dict[str, AttributeValue] | None = None
+
+    @property
+    def dates(self) -> Mapping[str, datetime]:
+        dates = self._dates
+        if dates is None:
+            dates = self._dates = _Dates(self._by_code)
+        return dates
+
+    @property
+    def strings(self) -> Mapping[str, str]:
+        strings = self._strings
+        if strings is None:
+            strings = self._strings = _strings(self._latest)
+        return strings
+
+    @property
+    def attributes(self) -> Mapping[str, AttributeValue]:
+        attributes = self._attributes
+        if attributes is None:
+            attributes = self._attributes = _current(self._stamped_attributes)
+        return attributes
+
+    @property
+    def counter_days(self) -> Mapping[Counter, Sequence[tuple[date, int]]]:
+        if self._steps is not None:
+            return _CounterDays(_StoredCounters(self._steps), self._tz)
+        return _CounterDays(self._slots or {}, self._tz)
 
     def local_date(self, signal: str, tz: ZoneInfo) -> date | None:
-        instant = self._dates.get(_DATE_CODES[signal])
+        instant = self._by_code.get(_DATE_CODES[signal])
         return None if instant is None else slot_local_date(instant // SLOT_US, tz)
 
     def _window(self, signal: str, today: date) -> tuple[Sequence[int], int]:
         """A counter signal's slots and the index of the first in its window."""
         code, first = _window_slots(signal, today, self._tz)
-        slots = self._counters.get(code, ())
+        by_code = self._slots
+        if by_code is None:
+            by_code = self._slots = {}
+        slots = by_code.get(code)
+        if slots is None:
+            steps = None if self._steps is None else self._steps.get(code)
+            if steps is None:
+                return (), 0
+            slots = by_code[code] = _unsteps(steps)
         return slots, bisect.bisect_left(slots, first)
 
     def count(self, signal: str, today: date) -> int:
@@ -859,6 +901,21 @@ class _FastReads:
             if not out or out[-1] != day:
                 out.append(day)
         return out
+
+
+def _strings(latest: Mapping[str, Sequence[Any]]) -> dict[str, str]:
+    """The string signals of a profile's "latest" values."""
+    strings: dict[str, str] = {}
+    for code, name in ((_SOURCE, "contact_source"), (_CHANNEL, "channel_type")):
+        if code in latest:
+            strings[name] = latest[code][2]
+    if _TEMPLATE in latest:
+        template_name, template_type = latest[_TEMPLATE][2]
+        strings["last_template_used"] = template_name
+        strings["last_template_type"] = template_type
+    if _CTWA_URL in latest:
+        strings["last_ctwa_ad_source_url"] = latest[_CTWA_URL][2]
+    return strings
 
 
 def signals_json(view: ContactView, today: date) -> dict[str, str | int | None]:

@@ -3,15 +3,21 @@
 The store keeps a compact document per contact (see ``signals.profile``); this
 view is what every consumer of that document reads, so the rule evaluator never
 depends on the storage format.
+
+``ContactView`` is the interface. Two classes implement it: ``PlainView``,
+built from ready mappings (tests, and the reference the faster one is checked
+against), and ``signals.profile.ProfileView``, which reads a profile's own
+integers and converts only what a rule asks for: a walk over every contact
+builds one such object per contact, so its cost is the walk's.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from signals.catalog import COUNT_SIGNALS, Counter
@@ -21,26 +27,55 @@ from signals.windows import window_start
 AttributeValue = str | int | float | bool
 
 
-class FastReads(Protocol):
-    """What a view's source may answer faster than the generic mappings."""
-
-    def local_date(self, signal: str, tz: ZoneInfo) -> date | None: ...
-
-    def count(self, signal: str, today: date) -> int: ...
-
-    def counted_days(self, signal: str, today: date) -> Iterable[date]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ContactView:
+class ContactView(ABC):
     """One contact's signals and attributes, with time zone already applied.
 
     ``dates`` holds only the date signals that are set (UTC-aware instants);
-    ``strings`` only the set string signals. ``counter_days`` holds, for each
-    counter, ``(local_date, count)`` pairs in the tenant's zone, for local
-    dates that can still fall in the longest window; a counter signal's value
-    on local date ``today`` is ``count(name, today)``.
+    ``strings`` only the set string signals; ``attributes`` only attributes
+    whose current value is not null. ``counter_days`` holds, for each counter,
+    ``(local_date, count)`` pairs in the tenant's zone, for local dates that
+    can still fall in the longest window; a counter signal's value on local
+    date ``today`` is ``count(name, today)``.
     """
+
+    __slots__ = ()
+
+    tenant_id: str
+    contact_id: str
+
+    @property
+    @abstractmethod
+    def dates(self) -> Mapping[str, datetime]: ...
+
+    @property
+    @abstractmethod
+    def strings(self) -> Mapping[str, str]: ...
+
+    @property
+    @abstractmethod
+    def attributes(self) -> Mapping[str, AttributeValue]: ...
+
+    @property
+    @abstractmethod
+    def counter_days(self) -> Mapping[Counter, Sequence[tuple[date, int]]]: ...
+
+    @abstractmethod
+    def local_date(self, signal: str, tz: ZoneInfo) -> date | None:
+        """The local date in ``tz`` of a date signal, None when it is unset."""
+
+    @abstractmethod
+    def counted_days(self, signal: str, today: date) -> Iterable[date]:
+        """The local dates with counts that a counter signal still counts on
+        ``today`` (from the window's first day on), ascending."""
+
+    @abstractmethod
+    def count(self, signal: str, today: date) -> int:
+        """The value of a counter signal such as ``links_clicked_7d`` on ``today``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlainView(ContactView):
+    """A view over ready mappings (instants, strings, per-day counts)."""
 
     tenant_id: str
     contact_id: str
@@ -55,30 +90,17 @@ class ContactView:
     _suffix: dict[Counter, tuple[list[date], list[int]]] = field(
         default_factory=dict, compare=False, repr=False
     )
-    #: Faster answers to the three reads below, when the view's source has
-    #: them (the profile keeps instants and counter slots as integers).
-    fast: FastReads | None = field(default=None, compare=False, repr=False)
 
     def local_date(self, signal: str, tz: ZoneInfo) -> date | None:
-        """The local date in ``tz`` of a date signal, None when it is unset."""
-        if self.fast is not None:
-            return self.fast.local_date(signal, tz)
         instant = self.dates.get(signal)
         return None if instant is None else instant.astimezone(tz).date()
 
     def counted_days(self, signal: str, today: date) -> Iterable[date]:
-        """The local dates with counts that a counter signal still counts on
-        ``today`` (from the window's first day on), ascending."""
-        if self.fast is not None:
-            return self.fast.counted_days(signal, today)
         counter, days = COUNT_SIGNALS[signal]
         start = window_start(today, days)
         return [day for day, _ in self.counter_days.get(counter, ()) if day >= start]
 
     def count(self, signal: str, today: date) -> int:
-        """The value of a counter signal such as ``links_clicked_7d`` on ``today``."""
-        if self.fast is not None:
-            return self.fast.count(signal, today)
         counter, days = COUNT_SIGNALS[signal]
         cached = self._suffix.get(counter)
         if cached is None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from segments.evaluate import HORIZON_DAYS, CompiledRule, compile_rule, signal_fields
 from segments.rules import parse_rule
 from signals.catalog import Counter
-from signals.view import AttributeValue, ContactView
+from signals.view import AttributeValue, ContactView, PlainView
 
 TODAY = date(2026, 12, 3)
 UTC_ZONE = ZoneInfo("UTC")
@@ -46,7 +46,7 @@ def view(
     counts: Mapping[Counter, list[tuple[date, int]]] | None = None,
     attributes: Mapping[str, AttributeValue] | None = None,
 ) -> ContactView:
-    return ContactView(
+    return PlainView(
         "tenant",
         "contact",
         dates=dates or {},

@@ -22,7 +22,7 @@ from signals.profile import (
     stored_state,
     stored_view,
 )
-from signals.view import ContactView
+from signals.view import ContactView, PlainView
 from signals.windows import SLOT_US, to_us
 from tests.profile_fixtures import canonical
 
@@ -288,6 +288,17 @@ def test_the_read_only_view_of_a_stored_profile_reads_the_same(
     held = profile.view("t", "c", tz)
     read_only = stored_view(profile.encode(), "t", "c", tz)
     assert everything_rules_read(read_only, tz) == everything_rules_read(held, tz)
+    # And both answer as a view over plain mappings (instants converted with
+    # ``astimezone``, counts summed per local day) answers.
+    plain = PlainView(
+        "t",
+        "c",
+        dates=dict(held.dates),
+        strings=dict(held.strings),
+        counter_days=dict(held.counter_days),
+        attributes=dict(held.attributes),
+    )
+    assert everything_rules_read(plain, tz) == everything_rules_read(held, tz)
 
 
 def test_documents_stored_in_format_2_still_read() -> None:
@@ -374,7 +385,7 @@ def test_counts_by_slot_bisection_equal_counts_by_local_day(
     last = NOW_US // SLOT_US
     profile = Profile(counters={"l": sorted(last - o for o in offsets)})
     fast = profile.view("t", "c", tz)
-    slow = ContactView("t", "c", counter_days=fast.counter_days)
+    slow = PlainView("t", "c", counter_days=fast.counter_days)
     today = (NOW - timedelta(days=back)).astimezone(tz).date()
     for days in (7, 30, 90):
         name = f"links_clicked_{days}d"
