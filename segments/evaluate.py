@@ -10,9 +10,10 @@ Compilation
     Groups and conditions short-circuit in rule order.
 
 What a condition reads
-    A date signal is ``view.dates[name]``, compared as its local date in the
-    tenant's zone; a count signal is ``view.count(name, today)``; a string
-    signal is ``view.strings[name]``. An attribute takes the operators of its
+    A date signal is compared as its local date in the tenant's zone
+    (``view.local_date``); a count signal is ``view.count(name, today)``; a
+    string signal is ``view.string(name)``, an attribute
+    ``view.attribute(name)``. An attribute takes the operators of its
     value's JSON type:
 
     * ``int``/``float`` (never ``bool``): the count operators, numerically, so
@@ -204,7 +205,8 @@ def _compile_condition(condition: Condition) -> _Condition:
     if condition.is_attribute:
         if op in _PRESENCE:
             return _Condition(
-                lambda view, today, tz: (name in view.attributes) is wanted, None
+                lambda view, today, tz: (view.attribute(name) is not None) is wanted,
+                None,
             )
         if op in _DATE_OPS:
             return _date_condition(_attribute_date_reader(name), _DATE_OPS[op](value))
@@ -218,12 +220,16 @@ def _compile_condition(condition: Condition) -> _Condition:
     if signal_type is SignalType.DATE:
         if op in _PRESENCE:
             return _Condition(
-                lambda view, today, tz: (name in view.dates) is wanted, None
+                lambda view, today, tz: (
+                    (view.local_date(name, tz) is not None) is wanted
+                ),
+                None,
             )
         return _date_condition(_signal_date_reader(name), _DATE_OPS[op](value))
     if op in _PRESENCE:
         return _Condition(
-            lambda view, today, tz: (name in view.strings) is wanted, None
+            lambda view, today, tz: (view.string(name) is not None) is wanted,
+            None,
         )
     return _Condition(_signal_string(name, _string_check(op, value)), None)
 
@@ -242,7 +248,7 @@ def _signal_date_reader(name: str) -> DateReader:
 
 def _attribute_date_reader(name: str) -> DateReader:
     def read(view: ContactView, tz: ZoneInfo) -> date | None:
-        return _attribute_date(view.attributes.get(name), tz)
+        return _attribute_date(view.attribute(name), tz)
 
     return read
 
@@ -459,7 +465,7 @@ def _count_signal(name: str, check: NumberCheck) -> _Condition:
 
 def _attribute_number(name: str, check: NumberCheck) -> Test:
     def test(view: ContactView, today: date, tz: ZoneInfo) -> bool:
-        raw = view.attributes.get(name)
+        raw = view.attribute(name)
         return isinstance(raw, int | float) and not isinstance(raw, bool) and check(raw)
 
     return test
@@ -490,7 +496,7 @@ def _string_check(op: str, raw: object) -> StringCheck:
 
 def _signal_string(name: str, check: StringCheck) -> Test:
     def test(view: ContactView, today: date, tz: ZoneInfo) -> bool:
-        raw = view.strings.get(name)
+        raw = view.string(name)
         return check(None if raw is None else raw.casefold())
 
     return test
@@ -498,7 +504,7 @@ def _signal_string(name: str, check: StringCheck) -> Test:
 
 def _attribute_string(name: str, check: StringCheck) -> Test:
     def test(view: ContactView, today: date, tz: ZoneInfo) -> bool:
-        raw = view.attributes.get(name)
+        raw = view.attribute(name)
         if raw is None:
             return check(None)
         return isinstance(raw, str) and check(raw.casefold())

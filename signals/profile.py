@@ -870,6 +870,13 @@ class ProfileView(ContactView):
             return _CounterDays(_StoredCounters(self._steps), self._tz)
         return _CounterDays(self._slots or {}, self._tz)
 
+    def attribute(self, name: str) -> AttributeValue | None:
+        stamped = self._stamped_attributes.get(name)
+        return None if stamped is None else stamped[2]
+
+    def string(self, signal: str) -> str | None:
+        return _string(self._latest, signal)
+
     def local_date(self, signal: str, tz: ZoneInfo) -> date | None:
         instant = self._by_code.get(_DATE_CODES[signal])
         return None if instant is None else slot_local_date(instant // SLOT_US, tz)
@@ -903,18 +910,33 @@ class ProfileView(ContactView):
         return out
 
 
+#: String signal -> the code of the "latest" value it reads, and the item of
+#: that value it is (None: the value itself).
+_STRING_SOURCES: Final[dict[str, tuple[str, int | None]]] = {
+    "contact_source": (_SOURCE, None),
+    "channel_type": (_CHANNEL, None),
+    "last_template_used": (_TEMPLATE, 0),
+    "last_template_type": (_TEMPLATE, 1),
+    "last_ctwa_ad_source_url": (_CTWA_URL, None),
+}
+
+
+def _string(latest: Mapping[str, Sequence[Any]], signal: str) -> str | None:
+    code, item = _STRING_SOURCES[signal]
+    stamped = latest.get(code)
+    if stamped is None:
+        return None
+    value: str = stamped[2] if item is None else stamped[2][item]
+    return value
+
+
 def _strings(latest: Mapping[str, Sequence[Any]]) -> dict[str, str]:
     """The string signals of a profile's "latest" values."""
     strings: dict[str, str] = {}
-    for code, name in ((_SOURCE, "contact_source"), (_CHANNEL, "channel_type")):
-        if code in latest:
-            strings[name] = latest[code][2]
-    if _TEMPLATE in latest:
-        template_name, template_type = latest[_TEMPLATE][2]
-        strings["last_template_used"] = template_name
-        strings["last_template_type"] = template_type
-    if _CTWA_URL in latest:
-        strings["last_ctwa_ad_source_url"] = latest[_CTWA_URL][2]
+    for signal in _STRING_SOURCES:
+        value = _string(latest, signal)
+        if value is not None:
+            strings[signal] = value
     return strings
 
 
@@ -928,5 +950,5 @@ def signals_json(view: ContactView, today: date) -> dict[str, str | int | None]:
         elif kind is SignalType.COUNT:
             out[name] = view.count(name, today)
         else:
-            out[name] = view.strings.get(name)
+            out[name] = view.string(name)
     return out

@@ -60,6 +60,14 @@ class ContactView(ABC):
     def counter_days(self) -> Mapping[Counter, Sequence[tuple[date, int]]]: ...
 
     @abstractmethod
+    def attribute(self, name: str) -> AttributeValue | None:
+        """An attribute's current value (``attributes.get``), read alone."""
+
+    @abstractmethod
+    def string(self, signal: str) -> str | None:
+        """A string signal's value (``strings.get``), read alone."""
+
+    @abstractmethod
     def local_date(self, signal: str, tz: ZoneInfo) -> date | None:
         """The local date in ``tz`` of a date signal, None when it is unset."""
 
@@ -90,6 +98,12 @@ class PlainView(ContactView):
     _suffix: dict[Counter, tuple[list[date], list[int]]] = field(
         default_factory=dict, compare=False, repr=False
     )
+
+    def attribute(self, name: str) -> AttributeValue | None:
+        return self.attributes.get(name)
+
+    def string(self, signal: str) -> str | None:
+        return self.strings.get(signal)
 
     def local_date(self, signal: str, tz: ZoneInfo) -> date | None:
         instant = self.dates.get(signal)

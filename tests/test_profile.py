@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.events import Event, parse_event
-from signals.catalog import COUNT_SIGNALS, DATE_SIGNALS
+from signals.catalog import COUNT_SIGNALS, DATE_SIGNALS, SIGNAL_TYPES, SignalType
 from signals.profile import (
     BUSINESS_TIMES_CAP,
     Profile,
@@ -270,6 +270,15 @@ def everything_rules_read(view: ContactView, tz: ZoneInfo) -> dict[str, object]:
             name: list(view.counted_days(name, today)) for name in COUNT_SIGNALS
         }
     out["local dates"] = {name: view.local_date(name, tz) for name in DATE_SIGNALS}
+    out["strings one by one"] = {
+        name: view.string(name)
+        for name, kind in SIGNAL_TYPES.items()
+        if kind is SignalType.STRING
+    }
+    out["attributes one by one"] = {
+        name: view.attribute(name)
+        for name in [*view.attributes, "k0", "k1", "k2", "city", "never_set"]
+    }
     return out
 
 
