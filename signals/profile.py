@@ -34,12 +34,13 @@ from __future__ import annotations
 import bisect
 import itertools
 import operator
+import os
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, cast
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -65,6 +66,12 @@ from signals.catalog import (
     SignalType,
 )
 from signals.view import AttributeValue, ContactView
+
+try:
+    from profilestream_native import Reader as _NativeReader
+    from profilestream_native import StoredProfile as _NativeProfile
+except ImportError:  # the compiled reader is optional (see ``NativeView``)
+    _NativeReader = None  # type: ignore[assignment,misc]
 from signals.windows import (
     SLOT_US,
     US,
@@ -236,6 +243,19 @@ _DECOMPRESSOR: Final = zstandard.ZstdDecompressor(
 _DECOMPRESSOR_V2: Final = zstandard.ZstdDecompressor(
     dict_data=_zstd_dict(_ZDICT_V2), format=zstandard.FORMAT_ZSTD1_MAGICLESS
 )
+
+
+def _native_reader() -> _NativeReader | None:
+    """The compiled reader of layouts 3 and 4 (``native/``), when it is
+    installed and not turned off with ``PROFILESTREAM_NATIVE=0``."""
+    if _NativeReader is None or os.environ.get("PROFILESTREAM_NATIVE") == "0":
+        return None
+    return _NativeReader({_ZMARK_V3[0]: _ZDICT_V3, _ZMARK_V2[0]: _ZDICT_V2})
+
+
+#: Read-only views of stored profiles use it when set (tests set it to None
+#: to hold the Python reader to the same answers).
+NATIVE: _NativeReader | None = _native_reader()
 
 
 def _compress(document: bytes) -> bytes:
@@ -631,7 +651,12 @@ def stored_view(
     Preview and snapshot evaluate one rule over every contact of a tenant; this
     skips what they never read (the deduplication set, the business-message
     times) and rebuilds a counter's slots only when a rule reads that counter.
+    With the compiled reader (``NATIVE``), the document never becomes Python
+    objects at all (see ``NativeView``).
     """
+    native = NATIVE
+    if native is not None and stored and native.reads(stored[0]):
+        return NativeView(tenant_id, contact_id, native.read(stored), tz)
     return _document_view(_document(stored, whole=False), tenant_id, contact_id, tz)
 
 
@@ -668,6 +693,15 @@ def stored_state(
     stored: bytes, tenant_id: str, contact_id: str, tz: ZoneInfo
 ) -> StoredState:
     """``stored_view``, with the recorded memberships and wake-up beside it."""
+    native = NATIVE
+    if native is not None and stored and native.reads(stored[0]):
+        read = native.read(stored)
+        return StoredState(
+            NativeView(tenant_id, contact_id, read, tz),
+            read.membership(),
+            read.next_wake_us,
+            read.next_wake_segment,
+        )
     document = _document(stored, whole=False)
     if document.get("f", 1) < 3:
         return Profile(**_decode_v2(document)).state(tenant_id, contact_id, tz)
@@ -904,6 +938,95 @@ class ProfileView(ContactView):
         tz = self._tz
         out: list[date] = []
         for slot in slots[start:]:
+            day = slot_local_date(slot, tz)
+            if not out or out[-1] != day:
+                out.append(day)
+        return out
+
+
+class NativeView(ContactView):
+    """``ProfileView``'s answers, from a document the compiled reader read.
+
+    The reader (``native/src/lib.rs``) decompresses and parses the document
+    into Rust data and answers lookups by stored code; this class keeps the
+    time-zone work (local dates by slot, windows' first slots) in Python,
+    where ``ProfileView`` has it, so both share every cache and rule of it.
+    """
+
+    __slots__ = (
+        "_attributes",
+        "_dates",
+        "_read",
+        "_strings",
+        "_tz",
+        "contact_id",
+        "tenant_id",
+    )
+
+    def __init__(
+        self, tenant_id: str, contact_id: str, read: _NativeProfile, tz: ZoneInfo
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.contact_id = contact_id
+        self._read = read
+        self._tz = tz
+        self._dates: _Dates | None = None
+        self._strings: dict[str, str] | None = None
+        self._attributes: dict[str, AttributeValue] | None = None
+
+    @property
+    def dates(self) -> Mapping[str, datetime]:
+        dates = self._dates
+        if dates is None:
+            dates = self._dates = _Dates(self._read.dates())
+        return dates
+
+    @property
+    def strings(self) -> Mapping[str, str]:
+        strings = self._strings
+        if strings is None:
+            strings = {}
+            for signal in _STRING_SOURCES:
+                value = self.string(signal)
+                if value is not None:
+                    strings[signal] = value
+            self._strings = strings
+        return strings
+
+    @property
+    def attributes(self) -> Mapping[str, AttributeValue]:
+        attributes = self._attributes
+        if attributes is None:
+            attributes = self._attributes = self._read.attributes()
+        return attributes
+
+    @property
+    def counter_days(self) -> Mapping[Counter, Sequence[tuple[date, int]]]:
+        return _CounterDays(self._read.counters(), self._tz)
+
+    def attribute(self, name: str) -> AttributeValue | None:
+        return self._read.attribute(name)
+
+    def string(self, signal: str) -> str | None:
+        code, item = _STRING_SOURCES[signal]
+        value: Any = self._read.latest(code)
+        if value is None or item is None:
+            return cast(str | None, value)
+        return cast(str, value[item])
+
+    def local_date(self, signal: str, tz: ZoneInfo) -> date | None:
+        instant = self._read.date_us(_DATE_CODES[signal])
+        return None if instant is None else slot_local_date(instant // SLOT_US, tz)
+
+    def count(self, signal: str, today: date) -> int:
+        code, first = _window_slots(signal, today, self._tz)
+        return self._read.count_from(code, first)
+
+    def counted_days(self, signal: str, today: date) -> list[date]:
+        code, first = _window_slots(signal, today, self._tz)
+        tz = self._tz
+        out: list[date] = []
+        for slot in self._read.slots_from(code, first):
             day = slot_local_date(slot, tz)
             if not out or out[-1] != day:
                 out.append(day)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -12,11 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import signals.profile as profile_module
 from schemas.events import Event, parse_event
 from signals.catalog import COUNT_SIGNALS, DATE_SIGNALS, SIGNAL_TYPES, SignalType
 from signals.profile import (
     BUSINESS_TIMES_CAP,
+    NativeView,
     Profile,
+    ProfileView,
     _decompress,
     signals_json,
     stored_state,
@@ -31,6 +36,26 @@ UTC_ZONE = ZoneInfo("UTC")
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 NOW_US = to_us(NOW)
 HORIZON_US = 24 * 3600 * 1_000_000
+
+#: The readers of stored profiles: every read-only test runs with each.
+READERS = pytest.mark.parametrize("reader", ["python", "native"])
+
+
+@contextmanager
+def reading_with(reader: str) -> Iterator[None]:
+    """Read-only views of stored profiles come from ``reader`` meanwhile."""
+    installed = profile_module.NATIVE
+    if reader == "native" and installed is None:
+        pytest.skip("the compiled reader (native/) is not installed")
+    profile_module.NATIVE = installed if reader == "native" else None
+    try:
+        yield
+    finally:
+        profile_module.NATIVE = installed
+
+
+def view_class(reader: str) -> type[ContactView]:
+    return NativeView if reader == "native" else ProfileView
 
 
 def event(
@@ -282,21 +307,31 @@ def everything_rules_read(view: ContactView, tz: ZoneInfo) -> dict[str, object]:
     return out
 
 
+@READERS
 @settings(max_examples=100, deadline=None)
 @given(
     history=histories,
     zone_name=st.sampled_from(["UTC", "Asia/Kolkata", "America/Sao_Paulo"]),
 )
 def test_the_read_only_view_of_a_stored_profile_reads_the_same(
-    history: list[tuple[str, int]], zone_name: str
+    history: list[tuple[str, int]], zone_name: str, reader: str
 ) -> None:
     """Preview and snapshot read stored profiles without building them
-    (``stored_view``); a rule must see exactly what it sees on the profile."""
+    (``stored_view``); a rule must see exactly what it sees on the profile,
+    whichever reader reads it."""
     tz = ZoneInfo(zone_name)
     profile = fold([build(i, kind, ago) for i, (kind, ago) in enumerate(history)])
+    profile.membership = {"s1": 3, "s2": 4}
+    profile.next_wake_us, profile.next_wake_segment = NOW_US, "s1"
     held = profile.view("t", "c", tz)
-    read_only = stored_view(profile.encode(), "t", "c", tz)
+    with reading_with(reader):
+        read_only = stored_view(profile.encode(), "t", "c", tz)
+        state = stored_state(profile.encode(), "t", "c", tz)
+    assert isinstance(read_only, view_class(reader))
     assert everything_rules_read(read_only, tz) == everything_rules_read(held, tz)
+    assert everything_rules_read(state.view, tz) == everything_rules_read(held, tz)
+    assert state.membership == profile.membership
+    assert (state.next_wake_us, state.next_wake_segment) == (NOW_US, "s1")
     # And both answer as a view over plain mappings (instants converted with
     # ``astimezone``, counts summed per local day) answers.
     plain = PlainView(
@@ -310,7 +345,8 @@ def test_the_read_only_view_of_a_stored_profile_reads_the_same(
     assert everything_rules_read(plain, tz) == everything_rules_read(held, tz)
 
 
-def test_documents_stored_in_format_2_still_read() -> None:
+@READERS
+def test_documents_stored_in_format_2_still_read(reader: str) -> None:
     """Profiles written by the previous layout (DEFLATE, packed seconds,
     interned ids) read back with the same meaning, and write back in the
     current layout without losing any of it."""
@@ -326,12 +362,15 @@ def test_documents_stored_in_format_2_still_read() -> None:
         again = Profile.decode(profile.encode(), item["version"])
         assert canonical(again, tz, today) == item["canonical"]
         assert again == profile
-        read_only = stored_view(stored, "t", "c", tz)
+        with reading_with(reader):  # the compiled reader leaves layout 2 alone
+            read_only = stored_view(stored, "t", "c", tz)
+        assert isinstance(read_only, ProfileView)
         assert signals_json(read_only, today) == item["canonical"]["signals"]
         assert dict(read_only.attributes) == item["canonical"]["attributes"]
 
 
-def test_documents_stored_in_format_3_still_read() -> None:
+@READERS
+def test_documents_stored_in_format_3_still_read(reader: str) -> None:
     """Profiles written by the one-line layout 3 read back with the same
     meaning, through the fold's decode and the walks' read-only view, and
     write back in the current layout without losing any of it."""
@@ -348,7 +387,9 @@ def test_documents_stored_in_format_3_still_read() -> None:
         assert b"\n" in _decompress(again)
         assert Profile.decode(again, item["version"]) == profile
         for form in (stored, again):
-            read_only = stored_state(form, "t", "c", tz)
+            with reading_with(reader):
+                read_only = stored_state(form, "t", "c", tz)
+            assert isinstance(read_only.view, view_class(reader))
             assert signals_json(read_only.view, today) == item["canonical"]["signals"]
             assert dict(read_only.view.attributes) == item["canonical"]["attributes"]
             assert read_only.membership == profile.membership
@@ -402,3 +443,48 @@ def test_counts_by_slot_bisection_equal_counts_by_local_day(
         assert list(fast.counted_days(name, today)) == list(
             slow.counted_days(name, today)
         )
+
+
+@READERS
+def test_read_only_views_read_any_attribute_value_and_long_documents(
+    reader: str,
+) -> None:
+    """Every JSON scalar an attribute can hold reads back as the fold holds
+    it, and a document far longer than a reader's first buffer (thousands of
+    deduplication ids) reads whole."""
+    attributes: dict[str, object] = {
+        "text": 'naïve "quoted" \\ back\u2603 😀 \u0000',
+        "smallest": -(2**63),
+        "largest": 2**64 - 1,
+        "tenth": 0.1,
+        "huge": 1e300,
+        "tiny": -2.5e-308,
+        "yes": True,
+        "no": False,
+        "gone": None,
+    }
+    events = [event(0, "contact.updated", NOW, {"attributes": attributes})]
+    events += [build(n, "click", n % 600) for n in range(1, 2_000)]
+    profile = fold(events)
+    stored = profile.encode()
+    assert len(_decompress(stored)) > 32 * 1024
+    with reading_with(reader):
+        view = stored_view(stored, "t", "c", UTC_ZONE)
+    assert isinstance(view, view_class(reader))
+    expected = {k: v for k, v in attributes.items() if v is not None}
+    assert dict(view.attributes) == expected
+    for name, value in attributes.items():
+        got = view.attribute(name)
+        assert got == value and type(got) is type(value), name
+    assert view.count("links_clicked_7d", NOW.date()) == 1_999
+
+
+def test_the_compiled_reader_refuses_a_damaged_document() -> None:
+    """A document the compiled reader cannot read is an error that says so,
+    never a view of nothing."""
+    with reading_with("native"):
+        with pytest.raises(ValueError, match="not a readable stored profile"):
+            stored_view(b"x\x00damaged", "t", "c", UTC_ZONE)
+        good = fold([build(1, "click", 5)]).encode()
+        with pytest.raises(ValueError, match="not a readable stored profile"):
+            stored_view(good[:-3], "t", "c", UTC_ZONE)
