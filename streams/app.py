@@ -18,6 +18,7 @@ import mode
 from aiohttp import web
 
 from segments.registry import Registry, RegistryCache
+from signals import profile as profile_format
 from signals.cache import ProfileCache
 from signals.keys import Keys
 from signals.redis_client import connect
@@ -108,11 +109,13 @@ class WorkerService(mode.Service):
         site = web.TCPSite(self._runner, settings.http_host, settings.http_port)
         await site.start()
         logger.info(
-            "Worker started: HTTP on %s:%d, clock %s, topic prefix %r",
+            "Worker started: HTTP on %s:%d, clock %s, topic prefix %r, "
+            "stored profiles read by the %s reader",
             settings.http_host,
             settings.http_port,
             settings.clock.value,
             settings.topic_prefix,
+            "Python" if profile_format.NATIVE is None else "compiled",
         )
         self.add_future(self._consume())
 
