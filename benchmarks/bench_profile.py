@@ -29,6 +29,31 @@ from typing import Any
 
 from bench_lib import log
 
+#: The frames of a contact view (``signals.profile``): what rules ask of a
+#: profile, and ``ProfileView`` built over a held or parsed profile. The
+#: compiled reader's own work has no Python frame: it counts for
+#: ``stored_view`` and ``stored_state``, the profile decode.
+_VIEW_FRAMES = (
+    "_window_slots",
+    *(
+        f"{view}.{method}"
+        for view in ("ProfileView", "NativeView")
+        for method in (
+            "__init__",
+            "dates",
+            "strings",
+            "attributes",
+            "counter_days",
+            "attribute",
+            "string",
+            "local_date",
+            "count",
+            "counted_days",
+            "_window",
+        )
+    ),
+)
+
 #: Components, by the functions (py-spy ``--function`` frame names) that do
 #: their work. A sample counts for the deepest frame of its stack found here.
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -36,7 +61,7 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("event validation (pydantic)", ("Ingest._validate",)),
     ("fold of events into profiles", ("Profile.apply",)),
     ("profile decode", ("Profile.decode", "stored_view", "stored_state")),
-    ("contact view for rules", ("_view",)),
+    ("contact view for rules", _VIEW_FRAMES),
     ("rule evaluation", ("CompiledRule.matches",)),
     ("next wake-up", ("CompiledRule.next_change",)),
     ("membership records", ("Change.payload", "record")),

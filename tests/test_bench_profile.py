@@ -64,3 +64,28 @@ def test_a_phase_without_samples_under_its_root_is_empty() -> None:
         "components": {},
         "top_inclusive": [],
     }
+
+
+def test_a_walks_view_reads_count_apart_from_the_decode() -> None:
+    preview = "<module> (cli.py:1);SegmentOperations.preview (streams/operations.py:9)"
+    read = f"{preview};stored_view (signals/profile.py:646)"
+    folded = "\n".join(
+        [
+            # The read (the compiled reader's work has no frame of its own).
+            f"{read} 4",
+            f"{read};NativeView.__init__ (signals/profile.py:966) 1",
+            # What the rule asks of either view, and the window it computes.
+            f"{preview};CompiledRule.matches (segments/evaluate.py:5);"
+            "NativeView.count (signals/profile.py:1021);"
+            "_window_slots (signals/profile.py:814) 2",
+            f"{preview};CompiledRule.matches (segments/evaluate.py:5);"
+            "ProfileView.local_date (signals/profile.py:94) 1",
+            f"{preview};CompiledRule.matches (segments/evaluate.py:5) 2",
+        ]
+    )
+    summary = summarize(folded, "SegmentOperations.preview")
+    assert summary["components"] == {
+        "profile decode": 0.4,
+        "contact view for rules": 0.4,
+        "rule evaluation": 0.2,
+    }
