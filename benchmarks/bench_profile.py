@@ -244,7 +244,10 @@ def summarize(folded: str, root: str, top: int = 25) -> dict[str, Any]:
         if total
         else {},
         "top_inclusive": [
-            [label, round(n / total, 4)] for label, n in inclusive.most_common(top)
+            [label, round(n / total, 4)]
+            for label, n in sorted(inclusive.items(), key=lambda kv: (-kv[1], kv[0]))[
+                :top
+            ]
         ]
         if total
         else [],

@@ -174,6 +174,19 @@ def fmt(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _reader() -> str:
+    """Which reader of stored profiles the workers use: they inherit this
+    process's environment and interpreter (``signals.profile.NATIVE``)."""
+    from signals import profile
+
+    if profile.NATIVE is not None:
+        native = importlib.metadata.version("profilestream-native")
+        return f"compiled (profilestream-native {native})"
+    if os.environ.get("PROFILESTREAM_NATIVE") == "0":
+        return "Python (PROFILESTREAM_NATIVE=0)"
+    return "Python (profilestream-native not installed)"
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -508,6 +521,7 @@ class Bench:
                 "kafka": (kafka.group(1) if kafka else "?")
                 + " (scripts/services.py's broker)",
             },
+            "reader": _reader(),
             "git": {
                 "commit": git("rev-parse", "--short", "HEAD"),
                 "uncommitted_outside_benchmarks": len(dirty),
@@ -732,6 +746,8 @@ def render(bench: Bench, targets: list[dict[str, Any]]) -> str:
         f"{git.get('uncommitted_outside_benchmarks')} uncommitted paths outside "
         "benchmarks/ in the work tree at the time."
     )
+    if "reader" in meta:
+        add(f"Reader of stored profiles, in every worker: {meta['reader']}.")
     svc = meta.get("services", {})
     background = meta.get("background", {})
     add(
