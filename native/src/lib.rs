@@ -33,7 +33,6 @@ impl<V> Default for Entries<V> {
     }
 }
 
-
 impl<'de, V: Deserialize<'de>> Deserialize<'de> for Entries<V> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct EntriesVisitor<V>(std::marker::PhantomData<V>);
@@ -158,7 +157,12 @@ impl StoredProfile {
     }
 
     /// The slots of a counter at or after slot `first`, ascending.
-    fn slots_from<'py>(&self, py: Python<'py>, code: &str, first: i64) -> PyResult<Bound<'py, PyList>> {
+    fn slots_from<'py>(
+        &self,
+        py: Python<'py>,
+        code: &str,
+        first: i64,
+    ) -> PyResult<Bound<'py, PyList>> {
         let slots: &[i64] = match find(&self.counters, code) {
             Some(slots) => &slots[slots.partition_point(|&s| s < first)..],
             None => &[],
