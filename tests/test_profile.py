@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -22,6 +22,7 @@ from signals.profile import (
     NativeView,
     Profile,
     ProfileView,
+    _compress,
     _decompress,
     signals_json,
     stored_state,
@@ -488,3 +489,83 @@ def test_the_compiled_reader_refuses_a_damaged_document() -> None:
         good = fold([build(1, "click", 5)]).encode()
         with pytest.raises(ValueError, match="not a readable stored profile"):
             stored_view(good[:-3], "t", "c", UTC_ZONE)
+
+
+def _read_natively(stored: bytes) -> None:
+    """Read ``stored`` with the compiled reader and ask the view everything."""
+    with reading_with("native"):
+        view = stored_view(stored, "t", "c", UTC_ZONE)
+        state = stored_state(stored, "t", "c", UTC_ZONE)
+    signals_json(view, NOW.date())
+    dict(view.attributes), dict(state.membership), state.next_wake_us
+
+
+GOOD = fold(
+    [
+        event(0, "contact.updated", NOW, {"attributes": {"plan": "gold"}}),
+        build(1, "click", 5),
+        build(2, "click", 50),
+    ]
+).encode()
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    damage=st.one_of(
+        # Anything after a marker the reader takes.
+        st.tuples(st.sampled_from([b"x", b"y"]), st.binary(max_size=300)).map(
+            lambda t: t[0] + t[1]
+        ),
+        # A real document cut short or with one byte changed.
+        st.integers(1, len(GOOD) - 1).map(lambda n: GOOD[:n]),
+        st.tuples(st.integers(1, len(GOOD) - 1), st.integers(0, 255)).map(
+            lambda t: GOOD[: t[0]] + bytes([t[1]]) + GOOD[t[0] + 1 :]
+        ),
+        # A sound frame around bytes that are not a profile.
+        st.binary(max_size=200).map(_compress),
+    )
+)
+def test_the_compiled_reader_fails_only_with_value_error(damage: bytes) -> None:
+    """Whatever a damaged document holds, the compiled reader answers or
+    raises ``ValueError``: never a crash, a panic (which Python could not
+    catch as an ``Exception``) or another error type."""
+    if profile_module.NATIVE is None:
+        pytest.skip("the compiled reader (native/) is not installed")
+    with suppress(ValueError):
+        _read_natively(damage)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        b'{"f":4,"c":{"lc":[9223372036854775807,1]}}',
+        b'{"f":4,"c":{"lc":[-9223372036854775808,-1]}}',
+        b'{"f":4,"l":{"s":[1]}}',
+        b'{"f":4,"t":{"lc":"soon"}}',
+        b'{"f":2}',
+        b"[]",
+        b"",
+    ],
+    ids=[
+        "counter-overflows",
+        "counter-underflows",
+        "short-stamp",
+        "date-not-a-number",
+        "old-layout",
+        "not-an-object",
+        "empty",
+    ],
+)
+def test_the_compiled_reader_refuses_json_that_is_not_a_profile(
+    document: bytes,
+) -> None:
+    with pytest.raises(ValueError, match="not a readable stored profile"):
+        _read_natively(_compress(document))
+
+
+def test_the_compiled_reader_refuses_a_frame_past_its_size_limit() -> None:
+    """A frame that inflates beyond the largest document read (64 MiB) is an
+    error, not an allocation of whatever the frame claims."""
+    huge = _compress(b'{"f":4,"a":{"x":[0,"e","' + b"a" * (65 * 1024 * 1024) + b'"]}}')
+    with pytest.raises(ValueError, match="not a readable stored profile"):
+        _read_natively(huge)

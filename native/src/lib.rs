@@ -234,6 +234,10 @@ struct Reader {
     buffer: Vec<u8>,
 }
 
+/// The largest decompressed document read (a stored profile is a few KiB;
+/// a damaged frame may claim any size).
+const MAX_DOCUMENT: usize = 64 * 1024 * 1024;
+
 fn invalid(what: impl fmt::Display) -> PyErr {
     PyValueError::new_err(format!("not a readable stored profile: {what}"))
 }
@@ -276,8 +280,11 @@ impl Reader {
         let size = loop {
             match self.dctx.decompress(&mut self.buffer[..], frame) {
                 Ok(size) => break size,
-                Err(code) if zstd_safe::get_error_name(code).contains("too small") => {
-                    let larger = self.buffer.len() * 2;
+                Err(code)
+                    if zstd_safe::get_error_name(code).contains("too small")
+                        && self.buffer.len() < MAX_DOCUMENT =>
+                {
+                    let larger = (self.buffer.len() * 2).min(MAX_DOCUMENT);
                     self.buffer.resize(larger, 0);
                 }
                 Err(code) => return Err(invalid(zstd_safe::get_error_name(code))),
@@ -302,13 +309,14 @@ impl Reader {
                 let slots = steps
                     .into_iter()
                     .map(|step| {
-                        total += step;
-                        total
+                        total = total.checked_add(step)?;
+                        Some(total)
                     })
-                    .collect();
-                (code, slots)
+                    .collect::<Option<Vec<i64>>>()
+                    .ok_or_else(|| invalid(format!("counter {code} overflows")))?;
+                Ok((code, slots))
             })
-            .collect();
+            .collect::<PyResult<Vec<_>>>()?;
         Ok(StoredProfile {
             format: head.f,
             dates: head.t.0,
