@@ -36,7 +36,7 @@ import itertools
 import operator
 import os
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -818,6 +818,16 @@ def _window_slots(signal: str, today: date, tz: ZoneInfo) -> tuple[str, int]:
     return _COUNTER_CODES[counter], _first_slot(window_start(today, days), tz)
 
 
+def _local_days(slots: Iterable[int], tz: ZoneInfo) -> list[date]:
+    """The distinct local dates of ascending slots, in order."""
+    out: list[date] = []
+    for slot in slots:
+        day = slot_local_date(slot, tz)
+        if not out or out[-1] != day:
+            out.append(day)
+    return out
+
+
 class ProfileView(ContactView):
     """A contact's view over its profile's own fields, held or stored.
 
@@ -935,13 +945,7 @@ class ProfileView(ContactView):
 
     def counted_days(self, signal: str, today: date) -> list[date]:
         slots, start = self._window(signal, today)
-        tz = self._tz
-        out: list[date] = []
-        for slot in slots[start:]:
-            day = slot_local_date(slot, tz)
-            if not out or out[-1] != day:
-                out.append(day)
-        return out
+        return _local_days(slots[start:], self._tz)
 
 
 class NativeView(ContactView):
@@ -1024,13 +1028,7 @@ class NativeView(ContactView):
 
     def counted_days(self, signal: str, today: date) -> list[date]:
         code, first = _window_slots(signal, today, self._tz)
-        tz = self._tz
-        out: list[date] = []
-        for slot in self._read.slots_from(code, first):
-            day = slot_local_date(slot, tz)
-            if not out or out[-1] != day:
-                out.append(day)
-        return out
+        return _local_days(self._read.slots_from(code, first), self._tz)
 
 
 #: String signal -> the code of the "latest" value it reads, and the item of
