@@ -57,6 +57,8 @@ class TopicReader:
     bootstrap: str
     topic: str
     records: list[Any] = field(default_factory=list)
+    #: Per partition, the offset after the last record read.
+    read_up_to: dict[TopicPartition, int] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     _consumer: AIOKafkaConsumer | None = None
 
@@ -75,8 +77,33 @@ class TopicReader:
         assert self._consumer is not None
         while True:
             batch = await self._consumer.getmany(timeout_ms=200)
-            for records in batch.values():
+            for tp, records in batch.items():
                 self.records.extend(records)
+                if records:
+                    self.read_up_to[tp] = records[-1].offset + 1
+
+    async def catch_up(self, wait_seconds: float = 30) -> None:
+        """Wait until every record now on the topic has been read."""
+        probe = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
+        await probe.start()
+        try:
+            found = probe.partitions_for_topic(self.topic) or await _partitions(
+                probe, self.topic
+            )
+            ends = await probe.end_offsets(
+                [TopicPartition(self.topic, p) for p in found]
+            )
+        finally:
+            await probe.stop()
+
+        async def read() -> bool:
+            return all(self.read_up_to.get(tp, 0) >= end for tp, end in ends.items())
+
+        await wait_until(
+            read,
+            wait_seconds,
+            lambda: f"{self.topic}: read {self.read_up_to} of {ends}",
+        )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -335,7 +362,7 @@ class WorkerProcess:
         await wait_until(
             self._quiet, wait_seconds, lambda: f"still busy\n{self.log_tail()}"
         )
-        await asyncio.sleep(0.3)  # let the membership reader catch up
+        await self.membership.catch_up(wait_seconds)
 
     async def _quiet(self) -> bool:
         return await self.due_wakeups() == 0 and await self.pending_outboxes() == 0

@@ -535,6 +535,7 @@ async def test_counter_and_in_last_segments_select_the_same_contacts(
             worker, tenant, all_of(cond("signal.last_link_clicked", "in_last", 7))
         )
     )["id"]
+    await worker.settle()  # the backfills' records read
 
     async def compare(step: int) -> set[str]:
         current = await worker.now()
