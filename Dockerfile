@@ -5,7 +5,9 @@
 #   docker run --rm profilestream lag --group profilestream      # any other tool
 #
 # Settings are environment variables (docs/operations.md); docker-compose.yml
-# runs the whole stack.
+# runs the whole stack. The image reads stored profiles with the Python reader:
+# the optional compiled one (native/) needs a Rust toolchain to build, see
+# docs/operations.md.
 
 # ---- build: install the package and its dependencies into a virtualenv
 FROM python:3.11-slim AS build
