@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import re
 import shutil
 import signal
@@ -29,28 +30,20 @@ from typing import Any
 
 from bench_lib import log
 
-#: The frames of a contact view (``signals.profile``): what rules ask of a
-#: profile, and ``ProfileView`` built over a held or parsed profile. The
-#: compiled reader's own work has no Python frame: it counts for
-#: ``stored_view`` and ``stored_state``, the profile decode.
+from signals.profile import NativeView, ProfileView
+
+#: The frames of a contact view: its methods and properties (what rules ask
+#: of a profile, and ``ProfileView`` built over a held or parsed profile),
+#: and the window lookup they share. The compiled reader's own work has no
+#: Python frame: it counts for ``stored_view`` and ``stored_state``, the
+#: profile decode.
 _VIEW_FRAMES = (
     "_window_slots",
     *(
-        f"{view}.{method}"
-        for view in ("ProfileView", "NativeView")
-        for method in (
-            "__init__",
-            "dates",
-            "strings",
-            "attributes",
-            "counter_days",
-            "attribute",
-            "string",
-            "local_date",
-            "count",
-            "counted_days",
-            "_window",
-        )
+        f"{view.__name__}.{name}"
+        for view in (ProfileView, NativeView)
+        for name, member in vars(view).items()
+        if inspect.isfunction(member) or isinstance(member, property)
     ),
 )
 

@@ -84,17 +84,7 @@ class TopicReader:
 
     async def catch_up(self, wait_seconds: float = 30) -> None:
         """Wait until every record now on the topic has been read."""
-        probe = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
-        await probe.start()
-        try:
-            found = probe.partitions_for_topic(self.topic) or await _partitions(
-                probe, self.topic
-            )
-            ends = await probe.end_offsets(
-                [TopicPartition(self.topic, p) for p in found]
-            )
-        finally:
-            await probe.stop()
+        ends = await end_offsets(self.bootstrap, [self.topic])
 
         async def read() -> bool:
             return all(self.read_up_to.get(tp, 0) >= end for tp, end in ends.items())
@@ -313,17 +303,10 @@ class WorkerProcess:
     async def drain(self, wait_seconds: float = 60) -> None:
         """Wait until the group has committed every record now on the topics."""
         topics = [self.prefix + t for t in INPUT_TOPICS]
-        probe = AIOKafkaConsumer(bootstrap_servers=self.kafka_bootstrap)
+        ends = await end_offsets(self.kafka_bootstrap, topics)
         admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka_bootstrap)
-        await probe.start()
         await admin.start()
         try:
-            partitions = [
-                TopicPartition(t, p)
-                for t in topics
-                for p in (probe.partitions_for_topic(t) or await _partitions(probe, t))
-            ]
-            ends = await probe.end_offsets(partitions)
             deadline = time.monotonic() + wait_seconds
             while True:
                 committed = await admin.list_consumer_group_offsets(self.group)
@@ -338,7 +321,6 @@ class WorkerProcess:
                     raise TimeoutError(f"not drained: {behind}\n{self.log_tail()}")
                 await asyncio.sleep(0.1)
         finally:
-            await probe.stop()
             await admin.close()
 
     async def due_wakeups(self) -> int:
@@ -387,6 +369,22 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
             return set(found)
         await asyncio.sleep(0.1)
     raise TimeoutError(f"topic {topic} has no partitions")
+
+
+async def end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
+    """The end offset of every partition of ``topics``, now."""
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await probe.start()
+    try:
+        partitions = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in (probe.partitions_for_topic(t) or await _partitions(probe, t))
+        ]
+        ends: dict[TopicPartition, int] = await probe.end_offsets(partitions)
+        return ends
+    finally:
+        await probe.stop()
 
 
 async def wait_until(
